@@ -1,0 +1,92 @@
+"""Stage 2, analyze: which channels are coupled, and which can be removed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from spa.analyze.context import AnalysisState, NodeContext, static_dim
+from spa.analyze.groups import Group, Member, build_groups
+from spa.analyze.ops import RULES, unknown
+from spa.analyze.shapes import check_shape_uses, trace_shape_values
+
+__all__ = ["Analysis", "Group", "Member", "analyze"]
+
+
+@dataclass
+class Analysis:
+    state: AnalysisState
+    groups: list[Group]
+
+    @property
+    def graph(self) -> gs.Graph:
+        return self.state.graph
+
+    def to_json(self) -> dict:
+        return {"groups": [group.to_json() for group in self.groups]}
+
+    def prunable_groups(self, include_inexact: bool = False) -> list[Group]:
+        return [g for g in self.groups if g.prunable and (g.exact or include_inexact)]
+
+
+def analyze(graph: gs.Graph, opset: int, keep: tuple[str, ...] = ()) -> Analysis:
+    """Run every op rule in graph order, then the checks that need the whole picture."""
+    state = AnalysisState(graph=graph, opset=opset)
+    state.shape_values = trace_shape_values(graph)
+    for tensor in graph.inputs:
+        state.axes[tensor.name] = [None] * len(tensor.shape) if tensor.shape is not None else None
+    for node in graph.nodes:
+        _run_rule(state, node)
+    for tensor in graph.outputs:
+        _fix_tensor(state, tensor.name, f"reaches graph output '{tensor.name}'")
+    check_shape_uses(state, state.shape_values)
+    _keep_requested(state, keep)
+    return Analysis(state, build_groups(state))
+
+
+def _run_rule(state: AnalysisState, node: gs.Node) -> None:
+    ctx = NodeContext(state, node)
+    known = (node.domain or "") in ("", "ai.onnx") and node.op in RULES
+    (RULES[node.op] if known else unknown)(ctx)
+    for index, tensor in enumerate(node.inputs):
+        axes = state.axes.get(tensor.name) if tensor.name else None
+        for k, labels in enumerate(axes or []):
+            if labels is not None and (index, k) not in ctx.read:
+                state.space.fix(labels, f"{ctx.where()} does not carry axis {k} of '{tensor.name}'")
+    for index, tensor in enumerate(node.outputs):
+        if index not in ctx.outputs_set:
+            state.axes[tensor.name] = [None] * len(tensor.shape) if tensor.shape is not None else None
+        _check_against_inferred(state, ctx, tensor)
+
+
+def _check_against_inferred(state: AnalysisState, ctx: NodeContext, tensor: gs.Tensor) -> None:
+    """A rule that disagrees with shape inference is wrong about this node: keep it whole."""
+    axes = state.axes.get(tensor.name)
+    shape = tensor.shape
+    if axes is None or shape is None:
+        return
+    mismatch = len(axes) != len(shape) or any(
+        labels is not None and static_dim(dim) is not None and len(labels) != dim
+        for labels, dim in zip(axes, shape))
+    if mismatch:
+        reason = f"{ctx.where()}: output shape disagrees with the analysis"
+        for index in range(len(ctx.node.inputs)):
+            _fix_tensor(state, ctx.node.inputs[index].name, reason)
+        _fix_tensor(state, tensor.name, reason)
+
+
+def _fix_tensor(state: AnalysisState, name: str, reason: str) -> None:
+    for labels in state.axes.get(name) or []:
+        if labels is not None:
+            state.space.fix(labels, reason)
+
+
+def _keep_requested(state: AnalysisState, names: tuple[str, ...]) -> None:
+    """--ignore: a node keeps its outputs' channels, an initializer all of its channels."""
+    nodes = {node.name: node for node in state.graph.nodes}
+    for name in names:
+        tensors = [t.name for t in nodes[name].outputs] if name in nodes else [name]
+        if name in nodes:
+            tensors += [t.name for t in nodes[name].inputs if isinstance(t, gs.Constant)]
+        for tensor in tensors:
+            _fix_tensor(state, tensor, f"kept by --ignore {name}")

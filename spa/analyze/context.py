@@ -1,0 +1,163 @@
+"""The state a dependency analysis builds, and the view of it each op rule works through."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.analyze.labels import LabelSpace, Labels
+
+AxisLabels = list[Labels | None]  # per axis: labels, or None for an axis that never changes size
+
+
+@dataclass
+class GroupedColumns:
+    """Input channels of a grouped Conv (1 < C_in/groups): input channel c is column
+    c mod (C_in/groups) of the weight, in the rows of segment c // (C_in/groups) only."""
+    weight: str
+    input_labels: Labels
+    groups: int
+
+
+@dataclass
+class AnalysisState:
+    graph: gs.Graph
+    opset: int
+    shape_values: dict = field(default_factory=dict)  # tensor name -> traced shape elements
+    space: LabelSpace = field(default_factory=LabelSpace)
+    axes: dict[str, AxisLabels] = field(default_factory=dict)
+    channel_spaces: list[tuple[Labels, str]] = field(default_factory=list)  # (outputs, node)
+    partitions: list[tuple[Labels, int]] = field(default_factory=list)  # balanced-removal segments
+    grouped_columns: list[GroupedColumns] = field(default_factory=list)
+    statistics: set[str] = field(default_factory=set)  # running mean/var: not scored by magnitude
+    divisors: set[str] = field(default_factory=set)  # constants divided by: 1, not 0, is inert
+
+    def labels_of(self, tensor: gs.Tensor) -> AxisLabels | None:
+        """Per-axis labels; initializers get fresh labels on first use; None if rank unknown."""
+        if tensor.name in self.axes:
+            return self.axes[tensor.name]
+        if isinstance(tensor, gs.Constant):
+            axes: AxisLabels = [self.space.new(n) for n in tensor.shape]
+            self.axes[tensor.name] = axes
+            return axes
+        return None
+
+
+class NodeContext:
+    """What an op rule sees: the node's inputs' labels, constants and shapes. Every input
+    axis a rule reads through `axis`/`axes` is its responsibility; the engine fixes the
+    ones it never read."""
+
+    def __init__(self, state: AnalysisState, node: gs.Node) -> None:
+        self.state = state
+        self.node = node
+        self.space = state.space
+        self.read: set[tuple[int, int]] = set()
+        self.outputs_set: set[int] = set()
+
+    # --- inputs -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.outputs[0].name
+
+    def where(self) -> str:
+        return f"{self.node.op} '{self.name}'"
+
+    def attr(self, name: str, default=None):
+        return self.node.attrs.get(name, default)
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.node.inputs) and bool(self.node.inputs[index].name)
+
+    def tensor(self, index: int) -> gs.Tensor:
+        return self.node.inputs[index]
+
+    def const(self, index: int) -> np.ndarray | None:
+        if not self.has_input(index):
+            return None
+        tensor = self.node.inputs[index]
+        return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+    def is_const(self, index: int) -> bool:
+        return self.has_input(index) and isinstance(self.node.inputs[index], gs.Constant)
+
+    def shape(self, index: int) -> list | None:
+        return _shape(self.node.inputs[index]) if self.has_input(index) else None
+
+    def out_shape(self, index: int = 0) -> list | None:
+        return _shape(self.node.outputs[index])
+
+    def rank(self, index: int) -> int | None:
+        labels = self.state.labels_of(self.tensor(index))
+        if labels is not None:
+            return len(labels)
+        shape = self.shape(index)
+        return None if shape is None else len(shape)
+
+    def axes(self, index: int) -> AxisLabels | None:
+        """All axes of input `index`; the rule takes responsibility for each of them."""
+        labels = self.state.labels_of(self.tensor(index))
+        if labels is None:
+            return None
+        self.read.update((index, k) for k in range(len(labels)))
+        return list(labels)
+
+    def axis(self, index: int, k: int) -> Labels | None:
+        labels = self.state.labels_of(self.tensor(index))
+        if labels is None:
+            return None
+        k = k % len(labels)
+        self.read.add((index, k))
+        return labels[k]
+
+    # --- outputs ------------------------------------------------------------------------
+    def set_output(self, index: int, axes: AxisLabels) -> None:
+        self.state.axes[self.node.outputs[index].name] = list(axes)
+        self.outputs_set.add(index)
+
+    # --- relations ----------------------------------------------------------------------
+    def unify(self, a: Labels | None, b: Labels | None) -> Labels | None:
+        """Same channels at the same positions. A None side means the other cannot change."""
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            self.fix(a if b is None else b, f"{self.where()} meets an axis that cannot change")
+            return None
+        if len(a) != len(b):
+            self.fix(a, f"{self.where()}: axis sizes {len(a)} and {len(b)} disagree")
+            self.fix(b, f"{self.where()}: axis sizes {len(a)} and {len(b)} disagree")
+            return None
+        self.space.unify(a, b)
+        return a
+
+    def fix(self, labels: Labels | None, reason: str) -> None:
+        if labels is not None:
+            self.space.fix(labels, reason)
+
+    def fix_all(self, axes: AxisLabels | None, reason: str) -> None:
+        for labels in axes or []:
+            self.fix(labels, reason)
+
+    def inexact(self, labels: Labels | None, reason: str) -> None:
+        if labels is not None:
+            self.space.mark_inexact(labels, reason)
+
+    def new_space(self, labels: Labels | None) -> None:
+        """`labels` are the output channels of a weighted op: one prunable group."""
+        if labels is not None:
+            self.state.channel_spaces.append((labels, self.name))
+
+    def fresh_fixed(self, count: int, reason: str) -> Labels:
+        labels = self.space.new(count)
+        self.space.fix(labels, reason)
+        return labels
+
+
+def _shape(tensor: gs.Tensor) -> list | None:
+    shape = tensor.shape
+    return None if shape is None else list(shape)
+
+
+def static_dim(dim) -> int | None:
+    return int(dim) if isinstance(dim, (int, np.integer)) and dim >= 0 else None

@@ -1,0 +1,256 @@
+"""Shape values: where each element of a shape vector comes from.
+
+Exporters compute Reshape/Expand shapes from initializers, Constant nodes, or Shape ->
+Gather -> Concat chains. Each element of such a vector is a constant, the size of some
+tensor axis (`Dim`, which follows pruning by itself at run time), or a computation on
+sizes (`Opaque`). After the channel analysis, `check_shape_uses` makes sure every use of
+a size stays right once channels are removed: a size read by arithmetic or data ops fixes
+that axis, and a Reshape whose shape element cannot be rewritten keeps its output whole.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.analyze.context import AnalysisState
+from spa.analyze.labels import Labels
+
+
+@dataclass(frozen=True)
+class Const:
+    value: int
+
+
+@dataclass(frozen=True)
+class Dim:
+    tensor: str
+    axis: int
+    value: int | None  # the size before pruning, when static
+
+
+@dataclass(frozen=True)
+class Opaque:
+    deps: frozenset[tuple[str, int]]
+
+
+Elem = Const | Dim | Opaque
+PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity",
+            "Reshape", "Add", "Sub", "Mul", "Div"}
+MAX_SHAPE_VECTOR = 64
+
+
+def deps_of(elem: Elem) -> frozenset[tuple[str, int]]:
+    if isinstance(elem, Dim):
+        return frozenset({(elem.tensor, elem.axis)})
+    return elem.deps if isinstance(elem, Opaque) else frozenset()
+
+
+def value_of(elem: Elem) -> int | None:
+    return elem.value if isinstance(elem, (Const, Dim)) else None
+
+
+def trace_shape_values(graph: gs.Graph) -> dict[str, list[Elem]]:
+    """Element provenance of every small integer vector computed from constants and Shape."""
+    values: dict[str, list[Elem]] = {}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and _is_small_int(tensor):
+            values[tensor.name] = [Const(int(v)) for v in np.asarray(tensor.values).ravel()]
+    for node in graph.nodes:
+        if node.op not in PLUMBING:
+            continue
+        result = _trace_node(node, values)
+        if result is not None:
+            values[node.outputs[0].name] = result
+    return values
+
+
+def _is_small_int(tensor: gs.Constant) -> bool:
+    return (np.issubdtype(tensor.dtype, np.integer) and len(tensor.shape) <= 1
+            and int(np.prod(tensor.shape)) <= MAX_SHAPE_VECTOR)
+
+
+def _trace_node(node: gs.Node, values: dict[str, list[Elem]]) -> list[Elem] | None:
+    if node.op == "Shape":
+        return _trace_shape(node)
+    inputs = [values.get(t.name) if t.name else None for t in node.inputs]
+    if inputs[0] is None:
+        return None
+    if node.op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
+        return inputs[0]
+    if node.op == "Concat":
+        return None if any(x is None for x in inputs) else [e for x in inputs for e in x]
+    if node.op == "Gather":
+        return _trace_gather(inputs)
+    if node.op == "Slice":
+        return _trace_slice(node, inputs)
+    return _trace_arithmetic(node.op, inputs)
+
+
+def _trace_shape(node: gs.Node) -> list[Elem] | None:
+    tensor = node.inputs[0]
+    if tensor.shape is None:
+        return None
+    rank = len(tensor.shape)
+    start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+    axes = range(rank)[slice(start, end)]
+    return [Dim(tensor.name, a, _static(tensor.shape[a])) for a in axes]
+
+
+def _trace_gather(inputs: list) -> list[Elem] | None:
+    if len(inputs) < 2 or inputs[1] is None or any(not isinstance(e, Const) for e in inputs[1]):
+        return None
+    data = inputs[0]
+    return [data[e.value] for e in inputs[1]]
+
+
+def _trace_slice(node: gs.Node, inputs: list) -> list[Elem] | None:
+    params = []
+    for x in inputs[1:]:
+        if x is None or any(not isinstance(e, Const) for e in x):
+            return None
+        params.append([e.value for e in x])
+    if len(params) < 2:
+        return None
+    step = params[3][0] if len(params) > 3 else 1
+    return inputs[0][params[0][0]:params[1][0]:step]
+
+
+def _trace_arithmetic(op: str, inputs: list) -> list[Elem] | None:
+    if len(inputs) != 2 or inputs[1] is None:
+        return None
+    a, b = inputs
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        return None
+    size = max(len(a), len(b))
+    return [_combine(op, a[i % len(a)], b[i % len(b)]) for i in range(size)]
+
+
+def _combine(op: str, a: Elem, b: Elem) -> Elem:
+    if isinstance(a, Const) and isinstance(b, Const):
+        return Const(_apply(op, a.value, b.value))
+    return Opaque(deps_of(a) | deps_of(b))
+
+
+def _apply(op: str, a: int, b: int) -> int:
+    if op == "Add":
+        return a + b
+    if op == "Sub":
+        return a - b
+    if op == "Mul":
+        return a * b
+    return int(a / b) if b else 0  # Div: ONNX integer division truncates
+
+
+def _static(dim) -> int | None:
+    return int(dim) if isinstance(dim, (int, np.integer)) else None
+
+
+# --- after the channel analysis --------------------------------------------------------
+
+def same_channels(state: AnalysisState, a: Labels | None, b: Labels | None) -> bool:
+    """Do two axes always keep the same size, whatever is pruned?"""
+    if a is None or b is None:
+        return a is None and b is None
+    return Counter(state.space.roots(a).tolist()) == Counter(state.space.roots(b).tolist())
+
+
+def check_shape_uses(state: AnalysisState, values: dict[str, list[Elem]]) -> None:
+    for node in state.graph.nodes:
+        for index, tensor in enumerate(node.inputs):
+            elems = values.get(tensor.name)
+            if elems is None or (node.op in PLUMBING and node.outputs[0].name in values):
+                continue
+            if node.op in ("Reshape", "Expand") and index == 1:
+                _check_shape_input(state, node, elems)
+            else:
+                _fix_deps(state, elems, f"{node.op} '{node.name}' reads a size that pruning would change")
+    for tensor in state.graph.outputs:
+        if tensor.name in values:
+            _fix_deps(state, values[tensor.name], f"graph output '{tensor.name}' holds a size")
+
+
+def _check_shape_input(state: AnalysisState, node: gs.Node, elems: list[Elem]) -> None:
+    out_axes = state.axes.get(node.outputs[0].name)
+    in_axes = state.axes.get(node.inputs[0].name)
+    if out_axes is None or len(out_axes) != len(elems):
+        _fix_deps(state, elems, f"{node.op} '{node.name}': output rank unknown")
+        if out_axes:
+            _fix_axes(state, out_axes, f"{node.op} '{node.name}': output rank unknown")
+        return
+    rewritable = rewritable_elements(state.graph, node.inputs[1], elems)
+    for k, elem in enumerate(elems):
+        out_labels = out_axes[k]
+        if isinstance(elem, Dim) and same_channels(state, _labels(state, elem), out_labels):
+            continue
+        _fix_deps(state, [elem], f"{node.op} '{node.name}': shape element {k} would not follow pruning")
+        if out_labels is None or keeps_meaning(node, elem, k, in_axes, out_labels, state):
+            continue
+        if not rewritable[k]:
+            state.space.fix(out_labels, f"{node.op} '{node.name}': shape element {k} cannot be rewritten")
+
+
+def keeps_meaning(node: gs.Node, elem: Elem, k: int, in_axes, out_labels, state) -> bool:
+    """-1 (inferred), Reshape's 0 (copy) on an axis with the same channels, Expand's 1."""
+    if not isinstance(elem, Const):
+        return False
+    if node.op == "Reshape":
+        if elem.value == -1:
+            return True
+        copies = elem.value == 0 and not node.attrs.get("allowzero", 0)
+        return copies and in_axes is not None and k < len(in_axes) and same_channels(state, in_axes[k], out_labels)
+    return elem.value == 1
+
+
+def rewritable_elements(graph: gs.Graph, shape: gs.Tensor, elems: list[Elem]) -> list[bool]:
+    """Which elements of a shape input the rewriter can replace: all of a constant vector,
+    and the constant pieces of a Concat that builds it."""
+    if all(isinstance(e, Const) for e in elems):
+        return [True] * len(elems)
+    producer = shape.inputs[0] if shape.inputs else None
+    if producer is None or producer.op != "Concat":
+        return [False] * len(elems)
+    flags: list[bool] = []
+    for piece in producer.inputs:
+        size = _piece_size(piece)
+        if size is None:
+            return [False] * len(elems)
+        constant = _is_constant_piece(piece)
+        flags.extend([constant] * size)
+    return flags if len(flags) == len(elems) else [False] * len(elems)
+
+
+def _piece_size(tensor: gs.Tensor) -> int | None:
+    if tensor.shape is None or len(tensor.shape) > 1:
+        return None
+    return 1 if len(tensor.shape) == 0 else _static(tensor.shape[0])
+
+
+def _is_constant_piece(tensor: gs.Tensor) -> bool:
+    """A constant, possibly through Unsqueeze/Cast/Identity."""
+    while not isinstance(tensor, gs.Constant):
+        if not tensor.inputs or tensor.inputs[0].op not in ("Unsqueeze", "Cast", "Identity"):
+            return False
+        tensor = tensor.inputs[0].inputs[0]
+    return True
+
+
+def _labels(state: AnalysisState, elem: Dim) -> Labels | None:
+    axes = state.axes.get(elem.tensor)
+    return axes[elem.axis] if axes is not None and elem.axis < len(axes) else None
+
+
+def _fix_deps(state: AnalysisState, elems: list[Elem], reason: str) -> None:
+    for elem in elems:
+        for tensor, axis in deps_of(elem):
+            axes = state.axes.get(tensor)
+            if axes is not None and axis < len(axes) and axes[axis] is not None:
+                state.space.fix(axes[axis], reason)
+
+
+def _fix_axes(state: AnalysisState, axes, reason: str) -> None:
+    for labels in axes:
+        if labels is not None:
+            state.space.fix(labels, reason)

@@ -1,0 +1,104 @@
+"""The pipeline: load -> analyze -> score -> select -> rewrite -> verify."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from spa.analyze import Analysis, analyze
+from spa.errors import SpaError
+from spa.load import ModelSource, import_graph, load_model
+from spa.metrics import summarize
+from spa.rewrite import rewrite
+from spa.score import score_groups
+from spa.select import DEFAULT_ROUND_TO, check_ratio, select_channels
+from spa.verify import verify_pruned
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    analysis: Analysis
+    removed: dict[int, list[int]]  # group id -> removed channel indices
+    report: dict = field(default_factory=dict)
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(len(channels) for channels in self.removed.values())
+
+
+def inspect(source: ModelSource, ignore: tuple[str, ...] | list[str] = ()) -> Analysis:
+    """The coupled channel groups of a model, and why any are kept whole."""
+    model = load_model(source)
+    return _analyze(model, tuple(ignore))
+
+
+def prune(source: ModelSource, ratio: float, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
+          min_keep: int = 1, ignore: tuple[str, ...] | list[str] = (), seed: int = 0,
+          include_inexact: bool = False, verify: bool = True) -> PruneResult:
+    """Remove floor(ratio*C) channels (rounded, see `select.kept_count`) from every
+    prunable group; returns the smaller model, checked and run in onnxruntime."""
+    check_ratio(ratio)
+    if round_to < 1 or min_keep < 1:
+        raise SpaError("--round-to and --min-keep must be at least 1")
+    original = load_model(source)
+    analysis = _analyze(original, tuple(ignore))
+    scores = score_groups(analysis, criterion, seed)
+    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact)
+    rewrite(analysis, removed)
+    pruned = export(analysis.graph, original)
+    max_diff = verify_pruned(original, pruned, seed) if verify else None
+    report = _report(analysis, removed, scores, original, pruned, criterion, ratio, max_diff)
+    return PruneResult(pruned, analysis, removed, report)
+
+
+def _analyze(model: onnx.ModelProto, ignore: tuple[str, ...]) -> Analysis:
+    graph = import_graph(model)
+    _check_ignored(graph, ignore)
+    return analyze(graph, _default_opset(model), ignore)
+
+
+def _check_ignored(graph: gs.Graph, names: tuple[str, ...]) -> None:
+    known = set(graph.tensors()) | {node.name for node in graph.nodes}
+    for name in names:
+        if name not in known:
+            raise SpaError(f"--ignore {name}: no node or initializer of that name")
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """The rewritten graph as a model with the original's IR version, opsets and metadata."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, name, getattr(original, name))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    del model.functions[:]
+    model.functions.extend(original.functions)
+    return model
+
+
+def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int, np.ndarray],
+            original: onnx.ModelProto, pruned: onnx.ModelProto, criterion: str, ratio: float,
+            max_diff: float | None) -> dict:
+    groups = []
+    for group in analysis.groups:
+        entry = {"id": group.id, "name": group.name, "size": group.size,
+                 "removed": removed.get(group.id, []),
+                 "kept": group.size - len(removed.get(group.id, [])),
+                 "prunable": group.prunable, "exact": group.exact,
+                 "reason": "; ".join(group.reasons) or None}
+        if group.id in scores:
+            entry["scores"] = [round(float(s), 6) for s in scores[group.id]]
+        groups.append(entry)
+    return {"criterion": criterion, "ratio": ratio, "groups": groups,
+            "before": summarize(original), "after": summarize(pruned),
+            "max_output_difference": max_diff}

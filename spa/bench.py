@@ -1,0 +1,141 @@
+"""Compare onnxruntime CPU latency and static cost of two models (before / after pruning)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spa.inputs import make_inputs
+from spa.metrics import summarize
+
+ModelLike = onnx.ModelProto | str | os.PathLike
+
+
+def _load(model: ModelLike) -> tuple[onnx.ModelProto, str | bytes]:
+    """The proto for metrics and what to give onnxruntime. A path is passed as a path so
+    onnxruntime resolves external data itself; the proto is loaded without that data."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.SerializeToString()
+    return onnx.load(model, load_external_data=False), os.fspath(model)
+
+
+def _session(source: str | bytes, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # With interleaved sessions, one session's spin-waiting worker threads steal the
+    # cores the other is running on (bimodal, up to 10x slower timings with 2 threads).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
+    start = time.perf_counter()
+    session.run(None, feed)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _model_report(times_ms: list[float], summary: dict) -> dict:
+    p10, median, p90 = np.percentile(times_ms, [10, 50, 90])
+    return {
+        "median_ms": float(median),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "params": summary["params"],
+        "macs": summary["macs"],
+        "size_bytes": summary["size_bytes"],
+    }
+
+
+def bench(
+    model_a: ModelLike,
+    model_b: ModelLike,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int = 1,
+    seed: int = 0,
+    dim_values: dict[str, int] | None = None,
+) -> dict:
+    """Latency (interleaved A, B, A, B, ... on one random feed built from A's inputs)
+    and static cost of two models. Returns a JSON-serializable dict with per-model
+    "a" and "b" reports and top-level speedup (median_a / median_b), macs_ratio and
+    params_ratio (b / a) and promised_speedup (1 / macs_ratio); a ratio with a zero
+    denominator is None."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    proto_a, source_a = _load(model_a)
+    proto_b, source_b = _load(model_b)
+    session_a, session_b = _session(source_a, threads), _session(source_b, threads)
+    feed_a = make_inputs(proto_a, seed=seed, dim_values=dim_values)
+    names_b = {value.name for value in session_b.get_inputs()}
+    # B may have dropped an input that pruning made unused.
+    feed_b = {name: array for name, array in feed_a.items() if name in names_b}
+
+    for _ in range(warmup):
+        session_a.run(None, feed_a)
+        session_b.run(None, feed_b)
+    times_a, times_b = [], []
+    for _ in range(runs):
+        times_a.append(_timed_run(session_a, feed_a))
+        times_b.append(_timed_run(session_b, feed_b))
+
+    report_a = _model_report(times_a, summarize(proto_a, dim_values))
+    report_b = _model_report(times_b, summarize(proto_b, dim_values))
+    return {
+        "a": report_a,
+        "b": report_b,
+        "speedup": _ratio(report_a["median_ms"], report_b["median_ms"]),
+        "macs_ratio": _ratio(report_b["macs"], report_a["macs"]),
+        "params_ratio": _ratio(report_b["params"], report_a["params"]),
+        "promised_speedup": _ratio(report_a["macs"], report_b["macs"]),
+        "runs": runs,
+        "threads": threads,
+    }
+
+
+def _format_value(value: float | int | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ms":
+        return f"{value:.3f}"
+    if unit == "x":
+        return f"{value:.3f}x"
+    return f"{value:,}"
+
+
+def format_bench(result: dict) -> str:
+    """Aligned before / after / ratio table of a `bench` result."""
+    a, b = result["a"], result["b"]
+    rows = [
+        ("median ms", "median_ms", "ms"),
+        ("p10 ms", "p10_ms", "ms"),
+        ("p90 ms", "p90_ms", "ms"),
+        ("params", "params", ""),
+        ("MACs", "macs", ""),
+        ("size bytes", "size_bytes", ""),
+    ]
+    table = [("", "before", "after", "after/before")]
+    for label, key, unit in rows:
+        ratio = _ratio(b[key], a[key])
+        before, after = _format_value(a[key], unit), _format_value(b[key], unit)
+        table.append((label, before, after, _format_value(ratio, "x")))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    lines = [
+        "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
+        for row in table
+    ]
+    lines.append(
+        f"speedup {_format_value(result['speedup'], 'x')} "
+        f"(MACs promise {_format_value(result['promised_speedup'], 'x')}), "
+        f"{result['runs']} runs, {result['threads']} thread(s)"
+    )
+    return "\n".join(lines)

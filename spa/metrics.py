@@ -1,0 +1,200 @@
+"""Static cost metrics of an ONNX model: parameters, MACs, size and op histogram."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from spa.inputs import concrete_shape, input_specs
+
+FLOAT_TYPES = {
+    TensorProto.FLOAT,
+    TensorProto.FLOAT16,
+    TensorProto.DOUBLE,
+    TensorProto.BFLOAT16,
+    TensorProto.FLOAT8E4M3FN,
+    TensorProto.FLOAT8E4M3FNUZ,
+    TensorProto.FLOAT8E5M2,
+    TensorProto.FLOAT8E5M2FNUZ,
+}
+
+# op type -> (index of the data input, index of the weight / second operand)
+_CONV_OPS = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3), "ConvTranspose": (0, 1)}
+_MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}
+
+_KEEP_DATA_ELEMENTS = 1024
+
+Shape = list[int | None]
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> list[TensorProto]:
+    return [
+        attr.t
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.name == "value"
+    ]
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Number of elements in float initializers and float Constant-node tensors of the
+    main graph; integer tensors (shapes, indices) are not parameters."""
+    tensors = list(model.graph.initializer) + _constant_tensors(model.graph)
+    return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
+
+
+def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy without the data of large float initializers (weights): shape inference needs
+    only their dims, and this keeps models over the 2 GB protobuf limit inferable. Small
+    ones keep their values, which inference may need (e.g. Resize scales)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for init in copy.graph.initializer:
+        if init.data_type in FLOAT_TYPES and math.prod(init.dims) > _KEEP_DATA_ELEMENTS:
+            for field in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):
+                init.ClearField(field)
+            init.data_location = TensorProto.DEFAULT
+    return copy
+
+
+def _inferred_shapes(
+    model: onnx.ModelProto, dim_values: dict[str, int] | None, default_dim: int
+) -> dict[str, Shape]:
+    """Static shape of every tensor, after fixing the symbolic graph-input dims."""
+    copy = _shape_only_copy(model)
+    concrete = {
+        spec.name: concrete_shape(spec.shape, dim_values, default_dim)
+        for spec in input_specs(model)
+    }
+    for value in copy.graph.input:
+        if value.name in concrete:
+            for dim, size in zip(value.type.tensor_type.shape.dim, concrete[value.name]):
+                dim.dim_value = size
+    del copy.graph.value_info[:]  # stale symbolic shapes would conflict with the fixed ones
+    inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
+
+    shapes: dict[str, Shape] = {init.name: list(init.dims) for init in inferred.graph.initializer}
+    graph = inferred.graph
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+            ]
+    return shapes
+
+
+def _conv_macs(x: Shape, w: Shape, y: Shape, transpose: bool) -> int:
+    # W is (C_out, C_in/group, k...) for Conv and (C_in, C_out/group, k...) for
+    # ConvTranspose, so MACs = elements on the W[0] side * prod(W[1:]).
+    return math.prod(x if transpose else y) * math.prod(w[1:])
+
+
+def _matmul_macs(a: Shape, b: Shape) -> int:
+    k = a[-1]
+    m = a[-2] if len(a) > 1 else 1
+    n = b[-1] if len(b) > 1 else 1
+    batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    return math.prod(batch) * m * n * k
+
+
+def _gemm_macs(a: Shape, b: Shape, trans_a: int, trans_b: int) -> int:
+    m, k = (a[1], a[0]) if trans_a else (a[0], a[1])
+    n = b[0] if trans_b else b[1]
+    return m * n * k
+
+
+def _known_shape(shapes: dict[str, Shape], names: list[str], index: int) -> Shape | None:
+    shape = shapes.get(names[index]) if index < len(names) else None
+    return None if shape is None or None in shape else shape
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
+    """MACs of one node, 0 for uncounted op types, None if a needed shape is unknown."""
+    if node.op_type in _CONV_OPS:
+        x_index, w_index = _CONV_OPS[node.op_type]
+        x = _known_shape(shapes, node.input, x_index)
+        w = _known_shape(shapes, node.input, w_index)
+        y = _known_shape(shapes, node.output, 0)
+        if x is None or w is None or y is None:
+            return None
+        return _conv_macs(x, w, y, transpose=node.op_type == "ConvTranspose")
+    if node.op_type in _MATMUL_OPS:
+        a_index, b_index = _MATMUL_OPS[node.op_type]
+        a = _known_shape(shapes, node.input, a_index)
+        b = _known_shape(shapes, node.input, b_index)
+        if a is None or b is None:
+            return None
+        if node.op_type == "Gemm":
+            attrs = {attr.name: attr.i for attr in node.attribute}
+            return _gemm_macs(a, b, attrs.get("transA", 0), attrs.get("transB", 0))
+        return _matmul_macs(a, b)
+    return 0
+
+
+def count_macs(
+    model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1
+) -> int:
+    """Multiply-accumulates of one inference, main graph only.
+
+    Counted: Conv / ConvInteger / QLinearConv (output elements * C_in/group *
+    prod(kernel)), ConvTranspose (input elements * C_out/group * prod(kernel)),
+    Gemm and MatMul / MatMulInteger / QLinearMatMul (batch * M * N * K; either
+    operand may be an activation). Bias adds, activations, normalization, pooling,
+    elementwise ops, Einsum and attention kernels are not counted.
+
+    Shapes come from ONNX shape inference (with data propagation) after symbolic
+    graph-input dims are set to `dim_values[symbol]` or `default_dim`. Nodes whose
+    shapes stay unknown are skipped with a warning.
+    """
+    shapes = _inferred_shapes(model, dim_values, default_dim)
+    total, unknown = 0, []
+    for node in model.graph.node:
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            unknown.append(node.name or node.op_type)
+        else:
+            total += macs
+    if unknown:
+        listed = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        warnings.warn(f"count_macs: {len(unknown)} node(s) with unknown shapes skipped: {listed}")
+    return total
+
+
+def _tensor_nbytes(tensor: TensorProto) -> int:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    if "length" in entries:
+        return int(entries["length"])
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return math.prod(tensor.dims) * itemsize
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size, plus the bytes of initializers stored as external data."""
+    external = [
+        init for init in model.graph.initializer if init.data_location == TensorProto.EXTERNAL
+    ]
+    return model.ByteSize() + sum(_tensor_nbytes(init) for init in external)
+
+
+def node_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Histogram of op types in the main graph, most frequent first."""
+    return dict(Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def summarize(model: onnx.ModelProto, dim_values: dict[str, int] | None = None) -> dict:
+    """params, macs, size_bytes, nodes (total) and op_types (histogram) of a model."""
+    op_types = node_counts(model)
+    return {
+        "params": count_params(model),
+        "macs": count_macs(model, dim_values),
+        "size_bytes": model_size_bytes(model),
+        "nodes": sum(op_types.values()),
+        "op_types": op_types,
+    }

@@ -1,0 +1,197 @@
+"""Hand-built edge-case models (opset 17, ir_version 8), input [1, 3, 8, 8] unless noted."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from graphgen import GraphBuilder, he_scale, tensor_info
+
+IMAGE = [1, 3, 8, 8]
+
+
+def _image_model(g: GraphBuilder, output: str, shape: list[int | str],
+                 input_shape: list[int | str] = IMAGE) -> onnx.ModelProto:
+    return g.build([tensor_info("input", input_shape)], [tensor_info(output, shape)])
+
+
+def _conv_relu(g: GraphBuilder, c_out: int = 6) -> str:
+    """Relu(conv(input)) with 3 input channels and `c_out` output channels."""
+    return g.op("Relu", [g.conv("input", 3, c_out)])
+
+
+def _reshape_matmul(shape_as_node: bool) -> onnx.ModelProto:
+    g = GraphBuilder(1)
+    shape = g.constant("shape", np.array([1, -1], np.int64), as_node=shape_as_node)
+    flat = g.op("Reshape", [_conv_relu(g), shape])
+    out = g.op("MatMul", [flat, g.param("w", [384, 5], he_scale(384))])
+    return _image_model(g, out, [1, 5])
+
+
+def reshape_shape_initializer() -> onnx.ModelProto:
+    """Reshape to [1, -1] whose shape is an initializer, then MatMul: 64 features per channel."""
+    return _reshape_matmul(shape_as_node=False)
+
+
+def reshape_shape_constant_node() -> onnx.ModelProto:
+    """Reshape to [1, -1] whose shape comes from a Constant node, then MatMul."""
+    return _reshape_matmul(shape_as_node=True)
+
+
+def reshape_dynamic_shape_chain() -> onnx.ModelProto:
+    """Dynamic batch N: Shape->Gather->Unsqueeze->Concat([N, -1]) feeds Reshape, then MatMul."""
+    g = GraphBuilder(2)
+    trunk = _conv_relu(g)
+    batch = g.op("Gather", [g.op("Shape", [trunk]), g.constant("idx", np.array(0, np.int64))], axis=0)
+    batch = g.op("Unsqueeze", [batch, g.ints("axes", [0])])
+    shape = g.op("Concat", [batch, g.ints("minus_one", [-1])], axis=0)
+    flat = g.op("Reshape", [trunk, shape])
+    out = g.op("MatMul", [flat, g.param("w", [384, 5], he_scale(384))])
+    return _image_model(g, out, ["N", 5], ["N", 3, 8, 8])
+
+
+def _flatten_gemm(trans_b: int) -> onnx.ModelProto:
+    g = GraphBuilder(3 + trans_b)
+    flat = g.op("Flatten", [_conv_relu(g)])
+    return _image_model(g, g.dense(flat, 384, 5, trans_b=trans_b), [1, 5])
+
+
+def flatten_gemm_trans_b0() -> onnx.ModelProto:
+    """Flatten of a conv map into Gemm with W [C*H*W, K] (transB=0)."""
+    return _flatten_gemm(0)
+
+
+def flatten_gemm_trans_b1() -> onnx.ModelProto:
+    """Flatten of a conv map into Gemm with W [K, C*H*W] (transB=1)."""
+    return _flatten_gemm(1)
+
+
+def matmul_bias() -> onnx.ModelProto:
+    """MLP on input [1, 8]: MatMul+Add bias -> Relu -> MatMul+Add; 12 hidden neurons."""
+    g = GraphBuilder(5)
+    hidden = g.op("MatMul", ["input", g.param("w1", [8, 12], he_scale(8))])
+    hidden = g.op("Relu", [g.op("Add", [hidden, g.param("b1", [12], 0.5)])])
+    out = g.op("MatMul", [hidden, g.param("w2", [12, 4], he_scale(12))])
+    out = g.op("Add", [out, g.param("b2", [4], 0.5)])
+    return _image_model(g, out, [1, 4], [1, 8])
+
+
+def conv_transpose() -> onnx.ModelProto:
+    """ConvTranspose (groups 1, weight [C_in, C_out, k, k], stride 2) between two convs."""
+    g = GraphBuilder(6)
+    weight = g.param("deconv_w", [6, 4, 2, 2], he_scale(6))
+    up = g.op("ConvTranspose", [_conv_relu(g), weight, g.param("deconv_b", [4], 0.5)],
+              kernel_shape=[2, 2], strides=[2, 2])
+    out = g.conv(g.op("Relu", [up]), 4, 5)
+    return _image_model(g, out, [1, 5, 16, 16])
+
+
+def instance_norm() -> onnx.ModelProto:
+    """InstanceNormalization with per-channel scale and bias between two convs."""
+    g = GraphBuilder(7)
+    normed = g.op("InstanceNormalization", [g.conv("input", 3, 6), g.positive("in_scale", [6]),
+                                            g.param("in_bias", [6], 0.5)])
+    out = g.conv(g.op("Relu", [normed]), 6, 4)
+    return _image_model(g, out, [1, 4, 8, 8])
+
+
+def layer_norm_channels() -> onnx.ModelProto:
+    """LayerNormalization over the 12 features of an [N, C] tensor (pruning it is inexact)."""
+    g = GraphBuilder(8)
+    hidden = g.dense("input", 8, 12)
+    normed = g.op("LayerNormalization", [hidden, g.positive("ln_scale", [12]),
+                                         g.param("ln_bias", [12], 0.5)], axis=-1)
+    out = g.dense(g.op("Relu", [normed]), 12, 4)
+    return _image_model(g, out, [1, 4], [1, 8])
+
+
+def intermediate_output() -> onnx.ModelProto:
+    """conv0 -> conv1 -> conv2 where conv1's output is also a graph output (must be kept)."""
+    g = GraphBuilder(9)
+    side = g.conv(_conv_relu(g, 5), 5, 6)
+    out = g.conv(g.op("Relu", [side]), 6, 4)
+    return g.build([tensor_info("input", IMAGE)],
+                   [tensor_info(side, [1, 6, 8, 8]), tensor_info(out, [1, 4, 8, 8])])
+
+
+def unknown_op() -> onnx.ModelProto:
+    """LpNormalization over axis 1 (mixes channels; spa need not know it) between two convs."""
+    g = GraphBuilder(10)
+    normed = g.op("LpNormalization", [g.conv("input", 3, 6)], axis=1, p=2)
+    return _image_model(g, g.conv(normed, 6, 4), [1, 4, 8, 8])
+
+
+def slice_channels() -> onnx.ModelProto:
+    """Slice channels 2..5 of an 8-channel map, then a conv on the 4 kept channels."""
+    g = GraphBuilder(11)
+    sliced = g.op("Slice", [_conv_relu(g, 8), g.ints("starts", [2]), g.ints("ends", [6]),
+                            g.ints("axes", [1])])
+    return _image_model(g, g.conv(sliced, 4, 5), [1, 5, 8, 8])
+
+
+def pad_spatial() -> onnx.ModelProto:
+    """Constant Pad of H and W only, then an unpadded conv."""
+    g = GraphBuilder(12)
+    padded = g.op("Pad", [_conv_relu(g), g.ints("pads", [0, 0, 1, 1, 0, 0, 1, 1])])
+    return _image_model(g, g.conv(padded, 6, 4, pad=False), [1, 4, 8, 8])
+
+
+def resize_nearest() -> onnx.ModelProto:
+    """Resize nearest x2 (scales input, empty roi) between two convs."""
+    g = GraphBuilder(13)
+    scales = g.constant("scales", np.array([1, 1, 2, 2], np.float32))
+    up = g.op("Resize", [_conv_relu(g), "", scales], mode="nearest")
+    return _image_model(g, g.conv(up, 6, 4), [1, 4, 16, 16])
+
+
+def transpose_matmul() -> onnx.ModelProto:
+    """Transpose NCHW->NHWC, then MatMul with a [C, K] weight over the last axis."""
+    g = GraphBuilder(14)
+    nhwc = g.op("Transpose", [_conv_relu(g)], perm=[0, 2, 3, 1])
+    out = g.op("MatMul", [nhwc, g.param("w", [6, 5], he_scale(6))])
+    return _image_model(g, out, [1, 8, 8, 5])
+
+
+def squeeze_gemm_unsqueeze() -> onnx.ModelProto:
+    """GAP -> Squeeze [1,C] -> Gemm -> Relu -> Unsqueeze [1,K,1,1] -> 1x1 conv."""
+    g = GraphBuilder(15)
+    pooled = g.op("GlobalAveragePool", [_conv_relu(g)])
+    flat = g.op("Squeeze", [pooled, g.ints("axes", [2, 3])])
+    hidden = g.op("Relu", [g.dense(flat, 6, 7)])
+    expanded = g.op("Unsqueeze", [hidden, g.ints("axes", [2, 3])])
+    return _image_model(g, g.conv(expanded, 7, 4, kernel=1), [1, 4, 1, 1])
+
+
+def sub_div_constants() -> onnx.ModelProto:
+    """Sub and Div by per-channel [1,C,1,1] constants between two convs."""
+    g = GraphBuilder(16)
+    shifted = g.op("Sub", [g.conv("input", 3, 6), g.param("shift", [1, 6, 1, 1], 0.5)])
+    scaled = g.op("Div", [shifted, g.positive("divisor", [1, 6, 1, 1])])
+    return _image_model(g, g.conv(g.op("Relu", [scaled]), 6, 4), [1, 4, 8, 8])
+
+
+def tied_conv_weight() -> onnx.ModelProto:
+    """One [6, 6, 3, 3] weight initializer shared by two Conv nodes in sequence."""
+    g = GraphBuilder(17)
+    weight = g.param("tied_w", [6, 6, 3, 3], he_scale(54))
+    x = _conv_relu(g)
+    for _ in range(2):
+        x = g.op("Relu", [g.op("Conv", [x, weight], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+    return _image_model(g, x, [1, 6, 8, 8])
+
+
+def nothing_prunable() -> onnx.ModelProto:
+    """A single conv whose output is the graph output: no channel can be removed."""
+    g = GraphBuilder(18)
+    return _image_model(g, g.conv("input", 3, 4), [1, 4, 8, 8])
+
+
+EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
+    f.__name__: f for f in (
+        reshape_shape_initializer, reshape_shape_constant_node, reshape_dynamic_shape_chain,
+        flatten_gemm_trans_b0, flatten_gemm_trans_b1, matmul_bias, conv_transpose, instance_norm,
+        layer_norm_channels, intermediate_output, unknown_op, slice_channels, pad_spatial,
+        resize_nearest, transpose_matmul, squeeze_gemm_unsqueeze, sub_div_constants,
+        tied_conv_weight, nothing_prunable)
+}

@@ -1,0 +1,28 @@
+"""The central oracle: pruning zeroed channels gives exactly the zeroed model's outputs."""
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from edge_models import EDGE_MODELS
+from graphgen import cnn_models
+from oracle import check_oracle
+
+FIXTURES = sorted(Path(__file__).parent.parent.joinpath("models").glob("*.onnx"))
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_oracle_on_fixture(path):
+    summary = check_oracle(str(path), ratio=0.4, seed=1)
+    assert summary.channels_removed > 0
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_MODELS))
+def test_oracle_on_edge_model(name):
+    check_oracle(EDGE_MODELS[name](), ratio=0.5, seed=2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cnn_models())
+def test_oracle_on_generated_graph(model):
+    check_oracle(model, ratio=0.5, seed=3)

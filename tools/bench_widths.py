@@ -1,0 +1,215 @@
+"""Which channel counts does onnxruntime's CPU provider run at full speed per MAC?
+
+Pruning promises latency proportional to MACs, but kernels tuned for blocked channel
+layouts may run an odd width no faster than the next aligned one. For each op kind,
+base width and thread count this times every width from base-32 to base, with all
+widths of a group interleaved in random order in one process, and prints
+
+    latency(width) / (latency(base) * MACs(width) / MACs(base))
+
+i.e. 1.00 = as fast per MAC as the unpruned base width, 1.25 = 25% slower than the
+linear MAC expectation. It ends by recommending the smallest --round-to N whose
+multiples get within a tolerance of the best per-MAC efficiency of any N.
+
+Usage: python tools/bench_widths.py [--rounds 50] [--tolerance 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+LAYERS = 3
+BASE_SPATIAL = {64: 56, 128: 28, 256: 14}  # base width -> feature map side, as in ResNet stages
+OFFSETS = range(-32, 1)
+THREADS = (1, 2)
+CANDIDATE_N = (1, 2, 4, 8, 16)
+WARMUP = 3
+
+
+def _model(nodes, x_shape, y_name, y_shape, initializers) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "stack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(y_name, TensorProto.FLOAT, y_shape)],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def _weight(name: str, shape: tuple[int, ...], fan_in: int, rng: np.random.Generator):
+    values = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    return numpy_helper.from_array(values.astype(np.float32), name)
+
+
+def conv_stack(width: int, side: int, kernel: int) -> onnx.ModelProto:
+    """LAYERS x (Conv kernel x kernel, width -> width, same padding, + Relu) on a
+    1 x width x side x side input."""
+    rng = np.random.default_rng(width)
+    nodes, initializers, current = [], [], "x"
+    for layer in range(LAYERS):
+        shape = (width, width, kernel, kernel)
+        initializers.append(_weight(f"w{layer}", shape, width * kernel * kernel, rng))
+        pads = [kernel // 2] * 4
+        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=pads))
+        nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
+        current = f"r{layer}"
+    shape = [1, width, side, side]
+    return _model(nodes, shape, current, shape, initializers)
+
+
+def matmul_stack(width: int, side: int) -> onnx.ModelProto:
+    """LAYERS x (MatMul width -> width + Relu) on side*side tokens: the Gemm path, same MACs
+    as the 1x1 conv."""
+    rng = np.random.default_rng(width)
+    nodes, initializers, current = [], [], "x"
+    for layer in range(LAYERS):
+        initializers.append(_weight(f"w{layer}", (width, width), width, rng))
+        nodes.append(helper.make_node("MatMul", [current, f"w{layer}"], [f"m{layer}"]))
+        nodes.append(helper.make_node("Relu", [f"m{layer}"], [f"r{layer}"]))
+        current = f"r{layer}"
+    shape = [side * side, width]
+    return _model(nodes, shape, current, shape, initializers)
+
+
+# op kind -> (model builder(width, side), kernel area for MACs)
+OPS: dict[str, tuple[Callable[[int, int], onnx.ModelProto], int]] = {
+    "conv3x3": (lambda width, side: conv_stack(width, side, 3), 9),
+    "conv1x1": (lambda width, side: conv_stack(width, side, 1), 1),
+    "matmul": (matmul_stack, 1),
+}
+
+
+def macs(op: str, width: int, side: int) -> int:
+    return LAYERS * side * side * width * width * OPS[op][1]
+
+
+def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spin-waiting pools of idle sessions would steal the cores of the one being timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def time_group(
+    op: str, base: int, threads: int, rounds: int, rng: np.random.Generator
+) -> dict[int, float]:
+    """Median latency in ms of every width around `base`, widths interleaved each round."""
+    side = BASE_SPATIAL[base]
+    widths = [base + offset for offset in OFFSETS]
+    sessions = {w: session(OPS[op][0](w, side), threads) for w in widths}
+    feeds = {}
+    for w, sess in sessions.items():
+        x = sess.get_inputs()[0]
+        feeds[w] = {x.name: rng.standard_normal(x.shape).astype(np.float32)}
+        for _ in range(WARMUP):
+            sess.run(None, feeds[w])
+    samples: dict[int, list[float]] = {w: [] for w in widths}
+    for _ in range(rounds):
+        for w in rng.permutation(widths):
+            start = time.perf_counter()
+            sessions[w].run(None, feeds[w])
+            samples[w].append((time.perf_counter() - start) * 1000.0)
+    return {w: float(np.median(times)) for w, times in samples.items()}
+
+
+def relative_latency(op: str, base: int, latency: dict[int, float]) -> dict[int, float]:
+    """latency / linear-MAC expectation from the base width (1.0 at the base)."""
+    side = BASE_SPATIAL[base]
+    per_mac_base = latency[base] / macs(op, base, side)
+    return {w: ms / (per_mac_base * macs(op, w, side)) for w, ms in latency.items()}
+
+
+def alignment(width: int) -> int:
+    """Largest candidate N dividing width."""
+    return max(n for n in CANDIDATE_N if width % n == 0)
+
+
+def geomean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def class_means(rel: dict[tuple[int, int], dict[int, float]]) -> dict[int, float]:
+    """Per N, geometric mean relative latency of widths that are multiples of N,
+    over all (threads, base) groups; the base widths, 1.0 by definition, are left out."""
+    return {
+        n: geomean([r for (_, base), by_width in rel.items() for w, r in by_width.items()
+                    if w % n == 0 and w != base])
+        for n in CANDIDATE_N
+    }
+
+
+def pick_round_to(means: dict[int, float], tolerance: float) -> int:
+    best = min(means.values())
+    return min(n for n, mean in means.items() if mean <= best * (1 + tolerance))
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    table = [header] + rows
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+def op_table(op: str, rel: dict, latency: dict) -> str:
+    groups = [(threads, base) for threads in THREADS for base in BASE_SPATIAL]
+    header = ["width", "align"] + [f"t{t}:{b}@{BASE_SPATIAL[b]}" for t, b in groups]
+    # Bases are multiples of 16, so base + offset is as aligned as the offset.
+    rows = [
+        [f"base{offset:+d}" if offset else "base", f"x{alignment(offset)}"]
+        + [f"{rel[group][group[1] + offset]:.2f}" for group in groups]
+        for offset in OFFSETS
+    ]
+    rows.append(["base ms", ""] + [f"{latency[group][group[1]]:.3f}" for group in groups])
+    return format_table(header, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=50, help="timed runs per width")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="allowed per-MAC slowdown")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    rel: dict[str, dict] = {op: {} for op in OPS}
+    latency: dict[str, dict] = {op: {} for op in OPS}
+    for op in OPS:
+        for threads in THREADS:
+            for base in BASE_SPATIAL:
+                print(f"timing {op} threads={threads} base={base}", file=sys.stderr, flush=True)
+                latency[op][threads, base] = time_group(op, base, threads, args.rounds, rng)
+                rel[op][threads, base] = relative_latency(op, base, latency[op][threads, base])
+
+    print(f"onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL, "
+          f"{args.rounds} rounds, {LAYERS} layers per model")
+    print("cells: latency / (latency(base) * MACs(width) / MACs(base)); t<threads>:<base>@<side>")
+    for op in OPS:
+        print(f"\n{op}\n{op_table(op, rel[op], latency[op])}")
+
+    means = {op: class_means(rel[op]) for op in OPS}
+    header = ["round-to N"] + list(OPS)
+    rows = [[str(n)] + [f"{means[op][n]:.3f}" for op in OPS] for n in CANDIDATE_N]
+    print("\ngeometric mean latency / MAC expectation of widths that are multiples of N "
+          f"(base excluded)\n{format_table(header, rows)}")
+    picks = {op: pick_round_to(means[op], args.tolerance) for op in OPS}
+    per_op = ", ".join(f"{op} {n}" for op, n in picks.items())
+    print(f"smallest N within {args.tolerance:.0%} of the best N: {per_op}")
+    print(f"elapsed {time.perf_counter() - started:.0f} s")
+    print(f"recommended default: --round-to {max(picks.values())}")
+
+
+if __name__ == "__main__":
+    main()
