@@ -17,6 +17,8 @@ def check_writable(path: Path, source: Path | None = None) -> None:
     if source is not None and path.resolve() == source.resolve():
         raise SpaError(f"refusing to overwrite the input file {path}")
     directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise SpaError(f"cannot write {path}: it is a directory")
     if not directory.is_dir():
         raise SpaError(f"cannot write {path}: no such directory {directory}")
     if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -34,8 +36,8 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool = False) 
             temporary = Path(scratch) / path.name
             data_name = f"{path.name}.data"
             onnx.save(model, str(temporary), save_as_external_data=external,
-                      all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            if external:
+                      all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+            if (Path(scratch) / data_name).exists():
                 os.replace(Path(scratch) / data_name, directory / data_name)
             os.replace(temporary, path)
     except OSError as error:

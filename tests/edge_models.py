@@ -187,11 +187,54 @@ def nothing_prunable() -> onnx.ModelProto:
     return _image_model(g, g.conv("input", 3, 4), [1, 4, 8, 8])
 
 
+def reshape_chain_with_channel_count() -> onnx.ModelProto:
+    """Dynamic batch: Reshape to Concat([N, 6, 64]) with the channel count as a constant
+    piece (it must be rewritten), then mean over space and MatMul."""
+    g = GraphBuilder(20)
+    trunk = _conv_relu(g)
+    batch = g.op("Gather", [g.op("Shape", [trunk]), g.ints("idx", [0])], axis=0)
+    shape = g.op("Concat", [batch, g.ints("channels", [6]), g.ints("space", [64])], axis=0)
+    pooled = g.op("ReduceMean", [g.op("Reshape", [trunk, shape])], axes=[2], keepdims=0)
+    out = g.op("MatMul", [pooled, g.param("w", [6, 5], he_scale(6))])
+    return _image_model(g, out, ["N", 5], ["N", 3, 8, 8])
+
+
+def slice_size_from_shape() -> onnx.ModelProto:
+    """x[:, :C//2] with C read by Shape: the channel count is used by arithmetic, so the
+    group must be kept whole."""
+    g = GraphBuilder(21)
+    trunk = _conv_relu(g)
+    channels = g.op("Gather", [g.op("Shape", [trunk]), g.ints("idx", [1])], axis=0)
+    half = g.op("Div", [channels, g.ints("two", [2])])
+    first = g.op("Slice", [trunk, g.ints("start", [0]), half, g.ints("axis", [1])])
+    return _image_model(g, g.conv(first, 3, 4), [1, 4, 8, 8])
+
+
+def channel_shuffle() -> onnx.ModelProto:
+    """ShuffleNet's shuffle: Reshape [1, 2, 4, H, W] -> Transpose -> Reshape [1, 8, H, W];
+    each of the 2 groups becomes one coarse channel."""
+    g = GraphBuilder(22)
+    trunk = _conv_relu(g, 8)
+    split = g.op("Reshape", [trunk, g.ints("split_shape", [1, 2, 4, 8, 8])])
+    swapped = g.op("Transpose", [split], perm=[0, 2, 1, 3, 4])
+    shuffled = g.op("Reshape", [swapped, g.ints("merge_shape", [1, 8, 8, 8])])
+    return _image_model(g, g.conv(shuffled, 8, 4), [1, 4, 8, 8])
+
+
+def split_then_branches() -> onnx.ModelProto:
+    """Split [2, 4] on channels, each piece through its own conv, then Add."""
+    g = GraphBuilder(23)
+    left, right = g.multi_op("Split", [_conv_relu(g), g.ints("sizes", [2, 4])], 2, axis=1)
+    out = g.op("Add", [g.conv(left, 2, 4), g.conv(right, 4, 4)])
+    return _image_model(g, out, [1, 4, 8, 8])
+
+
 EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     f.__name__: f for f in (
         reshape_shape_initializer, reshape_shape_constant_node, reshape_dynamic_shape_chain,
         flatten_gemm_trans_b0, flatten_gemm_trans_b1, matmul_bias, conv_transpose, instance_norm,
         layer_norm_channels, intermediate_output, unknown_op, slice_channels, pad_spatial,
         resize_nearest, transpose_matmul, squeeze_gemm_unsqueeze, sub_div_constants,
-        tied_conv_weight, nothing_prunable)
+        tied_conv_weight, nothing_prunable, reshape_chain_with_channel_count, slice_size_from_shape,
+        channel_shuffle, split_then_branches)
 }

@@ -1,0 +1,150 @@
+"""The `spa` command: prune, inspect, bench. Errors are one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import onnx
+
+from spa.api import inspect, prune
+from spa.errors import SpaError
+from spa.report import inspect_table, prune_summary
+from spa.save import check_writable, save_model
+from spa.score import CRITERIA
+from spa.select import DEFAULT_ROUND_TO
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
+
+
+class UsageError(SpaError):
+    """Wrong arguments."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        raise UsageError(f"{message} (see spa {self.prog.split()[-1]} --help)")
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("prune", help="remove channels; writes IN_STEM.pruned.onnx")
+    p.add_argument("model", type=Path)
+    p.add_argument("-o", "--output", type=Path)
+    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of each group's channels to remove")
+    p.add_argument("--criterion", choices=CRITERIA, default="l2")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="nodes or initializers to keep whole")
+    p.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO)
+    p.add_argument("--min-keep", type=_positive, default=1)
+    p.add_argument("--report", type=Path, help="write a JSON report of what was removed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-inexact", action="store_true",
+                   help="also prune groups whose removal changes other channels (e.g. LayerNorm)")
+    p.add_argument("--write-unchanged", action="store_true", help="write the model even if nothing is prunable")
+
+    i = commands.add_parser("inspect", help="show coupled channel groups and why any are kept whole")
+    i.add_argument("model", type=Path)
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--ignore", nargs="+", default=[], metavar="NAME")
+
+    b = commands.add_parser("bench", help="parameters, MACs and onnxruntime latency of two models")
+    b.add_argument("model_a", type=Path)
+    b.add_argument("model_b", type=Path)
+    b.add_argument("--runs", type=_positive, default=50)
+    b.add_argument("--warmup", type=_positive, default=5)
+    b.add_argument("--threads", type=_positive, default=1)
+    b.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
+    except SpaError as error:
+        print(f"spa: error: {error}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
+        if os.environ.get("SPA_DEBUG"):
+            traceback.print_exc()
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"spa: internal error: {type(error).__name__}: {message} (SPA_DEBUG=1 shows more)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _prune(args: argparse.Namespace) -> int:
+    output = args.output or args.model.with_name(f"{args.model.stem}.pruned.onnx")
+    if args.model.exists():
+        check_writable(output, args.model)
+    if args.report:
+        check_writable(args.report, args.model)
+    result = prune(args.model, args.ratio, args.criterion, args.round_to, args.min_keep,
+                   args.ignore, args.seed, args.include_inexact)
+    if not result.analysis.prunable_groups(args.include_inexact) and not args.write_unchanged:
+        print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
+              f"(see `spa inspect {args.model}`); nothing written")
+        return 0
+    save_model(result.model, output, external_data=_has_external_data(args.model))
+    if args.report:
+        _write_json(args.report, result.report)
+    print(f"spa: pruned {args.model} -> {output} ({args.criterion}, ratio {args.ratio}, round-to {args.round_to})")
+    print(prune_summary(result.report))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    analysis = inspect(args.model, args.ignore)
+    print(json.dumps(analysis.to_json()) if args.json else inspect_table(analysis))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from spa.bench import bench, format_bench
+    from spa.load import load_model
+    for path in (args.model_a, args.model_b):
+        load_model(path)
+    result = bench(str(args.model_a), str(args.model_b), runs=args.runs, warmup=args.warmup, threads=args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _has_external_data(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.spa-tmp")
+    try:
+        temporary.write_text(json.dumps(data, indent=1))
+        os.replace(temporary, path)
+    except OSError as error:
+        raise SpaError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

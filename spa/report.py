@@ -1,0 +1,62 @@
+"""Text a person reads: the prune summary and the inspect table."""
+from __future__ import annotations
+
+from collections import Counter
+
+from spa.analyze import Analysis, Group
+
+
+def prune_summary(report: dict) -> str:
+    before, after = report["before"], report["after"]
+    rows = [("params", "params", 1), ("MACs", "macs", 1), ("size (KiB)", "size_bytes", 1024), ("nodes", "nodes", 1)]
+    lines = [f"{'':12}{'before':>14}{'after':>14}{'after/before':>14}"]
+    for label, key, unit in rows:
+        old, new = before[key] / unit, after[key] / unit
+        ratio = f"{new / old:.3f}" if old else "-"
+        lines.append(f"{label:12}{_number(old):>14}{_number(new):>14}{ratio:>14}")
+    lines.append(groups_line(report["groups"]))
+    return "\n".join(lines)
+
+
+def groups_line(groups: list[dict]) -> str:
+    pruned = [g for g in groups if g["removed"]]
+    kept = [g for g in groups if not g["prunable"] or not g["exact"]]
+    removed = sum(len(g["removed"]) for g in groups)
+    line = f"groups: {len(pruned)} pruned ({removed} channels removed), {len(kept)} kept whole"
+    reasons = Counter(_short_reason(g) for g in kept)
+    if reasons:
+        line += ": " + ", ".join(f"{reason} ({count})" for reason, count in reasons.most_common(3))
+    return line
+
+
+def _short_reason(group: dict) -> str:
+    if group["prunable"]:
+        return "not exact (use --include-inexact)"
+    return (group["reason"] or "").split(";")[0]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
+
+
+def inspect_table(analysis: Analysis) -> str:
+    lines = [f"{'group':>5} {'size':>5}  {'prunable':8} {'exact':5}  {'name':28} members / why kept whole"]
+    for group in analysis.groups:
+        lines.append(f"{group.id:>5} {group.size:>5}  {_yes(group.prunable):8} {_yes(group.exact):5}  "
+                     f"{group.name[:28]:28} {_detail(group)}")
+    prunable = len(analysis.prunable_groups())
+    lines.append(f"{len(analysis.groups)} groups, {prunable} prunable and exact")
+    return "\n".join(lines)
+
+
+def _detail(group: Group) -> str:
+    if not group.prunable:
+        return "; ".join(group.reasons)
+    members = ", ".join(f"{m.initializer}[axis {m.axis}]" for m in group.members[:4])
+    more = f" +{len(group.members) - 4} more" if len(group.members) > 4 else ""
+    note = "" if group.exact else f"  (not exact: {'; '.join(group.inexact_reasons)})"
+    return members + more + note
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -1,0 +1,36 @@
+"""Writing: atomic, never partial, never over the input."""
+import onnx
+import pytest
+
+from edge_models import conv_transpose
+from spa.errors import SpaError
+from spa.save import check_writable, save_model
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.onnx"
+
+    def broken_save(model, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", broken_save)
+    with pytest.raises(SpaError, match="No space left"):
+        save_model(conv_transpose(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_external_data_written_beside_model(tmp_path):
+    target = tmp_path / "out.onnx"
+    save_model(conv_transpose(), target, external_data=True)
+    assert (tmp_path / "out.onnx.data").exists()
+    onnx.checker.check_model(str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+
+
+def test_input_is_never_the_output(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"x")
+    with pytest.raises(SpaError, match="input"):
+        check_writable(tmp_path / "." / "m.onnx", path)
