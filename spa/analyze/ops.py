@@ -32,7 +32,7 @@ UNARY = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid",
          "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu", "Abs",
          "Neg", "Exp", "Sqrt", "Floor", "Ceil", "Round", "Sign", "Erf", "Sin", "Cos", "Tan",
          "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Not", "Identity",
-         "Cast", "IsNaN", "IsInf", "Shrink", "Dropout", "Swish", "Clip")
+         "Cast", "IsNaN", "IsInf", "Shrink", "Dropout", "Clip")
 NOT_FINITE_AT_ZERO = ("Log", "Reciprocal")  # a zeroed channel would turn into inf/nan
 
 
@@ -716,8 +716,9 @@ def Size(ctx: NodeContext) -> None:
     ctx.set_output(0, [])
 
 
-@rule("ConstantOfShape", "Range", "EyeLike", "RandomNormalLike", "RandomUniformLike")
+@rule("ConstantOfShape", "Range")
 def creates_from_shape(ctx: NodeContext) -> None:
+    """Inputs are shape vectors and scalars; what reads their sizes is checked later."""
     for index in range(len(ctx.node.inputs)):
         ctx.axes(index)
     shape = ctx.out_shape()
