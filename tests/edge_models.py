@@ -229,6 +229,13 @@ def split_then_branches() -> onnx.ModelProto:
     return _image_model(g, out, [1, 4, 8, 8])
 
 
+def depthwise_multiplier() -> onnx.ModelProto:
+    """Depthwise conv with channel multiplier 2: input channel c owns outputs 2c and 2c+1."""
+    g = GraphBuilder(24)
+    depthwise = g.op("Relu", [g.conv(_conv_relu(g), 6, 12, group=6)])
+    return _image_model(g, g.conv(depthwise, 12, 4), [1, 4, 8, 8])
+
+
 EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     f.__name__: f for f in (
         reshape_shape_initializer, reshape_shape_constant_node, reshape_dynamic_shape_chain,
@@ -236,5 +243,5 @@ EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
         layer_norm_channels, intermediate_output, unknown_op, slice_channels, pad_spatial,
         resize_nearest, transpose_matmul, squeeze_gemm_unsqueeze, sub_div_constants,
         tied_conv_weight, nothing_prunable, reshape_chain_with_channel_count, slice_size_from_shape,
-        channel_shuffle, split_then_branches)
+        channel_shuffle, split_then_branches, depthwise_multiplier)
 }

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from edge_models import EDGE_MODELS
 from graphgen import cnn_models
@@ -22,7 +22,7 @@ def test_oracle_on_edge_model(name):
     check_oracle(EDGE_MODELS[name](), ratio=0.5, seed=2)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cnn_models())
-def test_oracle_on_generated_graph(model):
-    check_oracle(model, ratio=0.5, seed=3)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cnn_models(max_blocks=8), st.sampled_from([0.25, 0.4, 0.5, 0.75]), st.integers(0, 9))
+def test_oracle_on_generated_graph(model, ratio, seed):
+    check_oracle(model, ratio=ratio, seed=seed)
