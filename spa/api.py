@@ -74,6 +74,7 @@ def _default_opset(model: onnx.ModelProto) -> int:
 def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The rewritten graph as a model with the original's IR version, opsets and metadata."""
     model = gs.export_onnx(graph, do_type_check=False)
+    _keep_original_value_info(model, original)
     model.ir_version = original.ir_version
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
@@ -84,6 +85,21 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     del model.functions[:]
     model.functions.extend(original.functions)
     return model
+
+
+def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Graph inputs and outputs exactly as the input declared them; value_info only for the
+    tensors the input described (with updated shapes): inferred shapes are ours, not the
+    user's, and may disagree with onnx's checker."""
+    for ours, theirs in ((model.graph.input, original.graph.input), (model.graph.output, original.graph.output)):
+        declared = {value.name: value for value in theirs}
+        for value in ours:
+            if value.name in declared:
+                value.CopyFrom(declared[value.name])
+    described = {value.name for value in original.graph.value_info}
+    kept = [value for value in model.graph.value_info if value.name in described]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int, np.ndarray],

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from spa.errors import SpaError
 
@@ -51,11 +52,17 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference with data propagation, so shapes computed by Shape/Gather/Concat
-    chains become static where they can."""
+    """Static shapes wherever they can be known. onnxruntime's symbolic shape inference
+    follows Shape/Gather/Concat chains and names dynamic dims consistently; where it fails
+    (an op it does not know), onnx's own inference with data propagation is used. Shapes
+    that stay unknown make the analysis keep the channels involved whole."""
+    try:
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - any failure: the weaker inference below
+        pass
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes are kept whole
+    except Exception:  # noqa: BLE001 - unknown shapes are kept whole
         return model
 
 

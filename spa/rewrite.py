@@ -178,11 +178,14 @@ def _fix_slice(state: AnalysisState, node: gs.Node, kept: Kept, names) -> None:
     if x_axes is None:
         return
     params = slice_params(node, len(x_axes))
+    if params is None:  # computed bounds: the analysis kept the sliced channels whole
+        return
     starts, ends = {}, {}
-    for axis, (start, end, _step) in params.items():
+    for axis, bounds in params.items():
         labels = x_axes[axis]
-        if labels is None:
+        if labels is None or bounds is None:
             continue
+        start, end, _step = bounds
         window = range(len(labels))[start:end]
         positions = kept.positions(labels)
         new_start = int(np.sum(positions < window.start))

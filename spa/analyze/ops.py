@@ -517,31 +517,45 @@ def Slice(ctx: NodeContext) -> None:
     if x is None or params is None:
         return unknown(ctx)
     out = list(x)
-    for axis, (start, end, step) in params.items():
+    for axis, bounds in params.items():
         if x[axis] is None:
-            continue
-        if step != 1:
-            ctx.fix(x[axis], f"{ctx.where()} takes every {step}th channel")
+            out[axis] = None
+        elif bounds is None:
+            ctx.fix(x[axis], f"{ctx.where()}: bounds computed on this axis")
+            out[axis] = None
+        elif bounds[2] != 1:
+            ctx.fix(x[axis], f"{ctx.where()} takes every {bounds[2]}th channel")
             out[axis] = None
         else:
-            out[axis] = x[axis][start:end]
+            out[axis] = x[axis][bounds[0]:bounds[1]]
     ctx.set_output(0, out)
 
 
-def slice_params(node, rank: int) -> dict[int, tuple[int, int, int]] | None:
-    """{axis: (start, end, step)} from attributes (opset < 10) or constant inputs."""
+def slice_params(node, rank: int) -> dict[int, tuple[int, int, int] | None] | None:
+    """{axis: (start, end, step)} from attributes (opset < 10) or constant inputs; an axis
+    maps to None when its bounds are computed; None when the sliced axes are unknown."""
     if "starts" in node.attrs:
         starts, ends = node.attrs["starts"], node.attrs["ends"]
-        axes, steps = node.attrs.get("axes", list(range(len(starts)))), [1] * len(starts)
-    else:
-        values = [_constant_input(node, i) for i in range(1, 5)]
-        given = [i < len(node.inputs) and bool(node.inputs[i].name) for i in range(1, 5)]
-        if any(g and v is None for g, v in zip(given, values)) or values[0] is None or values[1] is None:
-            return None
-        starts, ends = values[0].tolist(), values[1].tolist()
-        axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
-        steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
-    return {int(a) % rank: (int(s), int(e), int(t)) for a, s, e, t in zip(axes, starts, ends, steps)}
+        axes = node.attrs.get("axes", list(range(len(starts))))
+        return {int(a) % rank: (int(s), int(e), 1) for a, s, e in zip(axes, starts, ends)}
+    values = [_constant_input(node, i) for i in range(1, 5)]
+    given = [i < len(node.inputs) and bool(node.inputs[i].name) for i in range(1, 5)]
+    if given[2] and values[2] is None:
+        return None
+    count = _vector_length(node.inputs[1])
+    if count is None:
+        return None
+    axes = values[2].tolist() if values[2] is not None else list(range(count))
+    if values[0] is None or values[1] is None or (given[3] and values[3] is None):
+        return {int(a) % rank: None for a in axes}
+    steps = values[3].tolist() if values[3] is not None else [1] * len(axes)
+    return {int(a) % rank: (int(s), int(e), int(t))
+            for a, s, e, t in zip(axes, values[0].tolist(), values[1].tolist(), steps)}
+
+
+def _vector_length(tensor) -> int | None:
+    shape = tensor.shape
+    return static_dim(shape[0]) if shape is not None and len(shape) == 1 else None
 
 
 def _constant_input(node, index: int) -> np.ndarray | None:

@@ -21,7 +21,9 @@ Block = tuple[list[int], list[int]]  # (input axes, output axes)
 def reshape_axes(ctx: NodeContext, x: AxisLabels, in_shape: list, out_shape: list | None) -> AxisLabels | None:
     """Output labels of reshaping an input with labels `x`; fixes what cannot be carried."""
     in_dims = [len(lab) if lab is not None else d for lab, d in zip(x, in_shape)]
-    blocks = _blocks(in_dims, out_shape) if out_shape is not None else None
+    blocks = None
+    if out_shape is not None:
+        blocks = _blocks(in_dims, out_shape) or _outer_blocks(in_dims, out_shape)
     if blocks is None:
         ctx.fix_all(x, f"{ctx.where()}: cannot relate input and output shapes")
         return None if out_shape is None else [None] * len(out_shape)
@@ -102,6 +104,28 @@ def _blocks(in_dims: list, out_dims: list) -> list[Block] | None:
             blocks.append(block)
             i, j = block[0][-1] + 1, block[1][-1] + 1
     return blocks
+
+
+def _outer_blocks(in_dims: list, out_dims: list) -> list[Block] | None:
+    """Equal leading and trailing dims pair one to one; what is left between them is one
+    block (e.g. [batch, seq, 64] -> [-1, 64] merges the two dynamic dims)."""
+    head = 0
+    while head < min(len(in_dims), len(out_dims)) and _equal_dims(in_dims[head], out_dims[head]):
+        head += 1
+    tail = 0
+    while tail < min(len(in_dims), len(out_dims)) - head and \
+            _equal_dims(in_dims[-1 - tail], out_dims[-1 - tail]):
+        tail += 1
+    middle = (list(range(head, len(in_dims) - tail)), list(range(head, len(out_dims) - tail)))
+    if not middle[0] or not middle[1]:
+        return None
+    pairs = [([k], [k]) for k in range(head)]
+    pairs += [([len(in_dims) - t], [len(out_dims) - t]) for t in range(tail, 0, -1)]
+    return pairs[:head] + [middle] + pairs[head:]
+
+
+def _equal_dims(a, b) -> bool:
+    return a == b and a is not None
 
 
 def _same_dynamic_dim(in_dims: list, out_dims: list, i: int, j: int) -> bool:

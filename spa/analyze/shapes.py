@@ -26,9 +26,11 @@ class Const:
 
 @dataclass(frozen=True)
 class Dim:
+    """`scale` times the size of a tensor axis (GQA shapes multiply a head count)."""
     tensor: str
     axis: int
-    value: int | None  # the size before pruning, when static
+    value: int | None  # scale * size before pruning, when static
+    scale: int = 1
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Opaque:
 
 Elem = Const | Dim | Opaque
 PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity",
-            "Reshape", "Add", "Sub", "Mul", "Div"}
+            "Reshape", "Add", "Sub", "Mul", "Div", "ConstantOfShape", "Equal", "Where"}
 MAX_SHAPE_VECTOR = 64
 
 
@@ -78,6 +80,10 @@ def _trace_node(node: gs.Node, values: dict[str, list[Elem]]) -> list[Elem] | No
     inputs = [values.get(t.name) if t.name else None for t in node.inputs]
     if inputs[0] is None:
         return None
+    if node.op == "ConstantOfShape":
+        return _trace_constant_of_shape(node, inputs[0])
+    if node.op == "Where":
+        return _trace_where(inputs)
     if node.op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
         return inputs[0]
     if node.op == "Concat":
@@ -118,6 +124,34 @@ def _trace_slice(node: gs.Node, inputs: list) -> list[Elem] | None:
     return inputs[0][params[0][0]:params[1][0]:step]
 
 
+def _trace_constant_of_shape(node: gs.Node, shape: list[Elem]) -> list[Elem] | None:
+    """A small vector filled with one value, as exporters build Expand shapes with."""
+    length = value_of(shape[0]) if len(shape) == 1 else None
+    if length is None or length > MAX_SHAPE_VECTOR:
+        return None
+    fill = node.attrs.get("value")
+    value = np.asarray(fill.values).ravel()[0] if fill is not None else 0
+    if not float(value).is_integer():
+        return None
+    return [Const(int(value))] * length
+
+
+def _trace_where(inputs: list) -> list[Elem] | None:
+    if len(inputs) != 3 or any(x is None for x in inputs):
+        return None
+    condition, a, b = inputs
+    size = max(map(len, inputs))
+    if any(len(x) not in (1, size) for x in inputs):
+        return None
+    picked = []
+    for i in range(size):
+        choice = condition[i % len(condition)]
+        if not isinstance(choice, Const):
+            return None
+        picked.append(a[i % len(a)] if choice.value else b[i % len(b)])
+    return picked
+
+
 def _trace_arithmetic(op: str, inputs: list) -> list[Elem] | None:
     if len(inputs) != 2 or inputs[1] is None:
         return None
@@ -131,7 +165,22 @@ def _trace_arithmetic(op: str, inputs: list) -> list[Elem] | None:
 def _combine(op: str, a: Elem, b: Elem) -> Elem:
     if isinstance(a, Const) and isinstance(b, Const):
         return Const(_apply(op, a.value, b.value))
+    if op == "Mul" and {type(a), type(b)} == {Dim, Const}:
+        return _scaled(a if isinstance(a, Dim) else b, (b if isinstance(b, Const) else a).value)
+    if op == "Equal" and (isinstance(a, Dim) and _is_negative(b) or isinstance(b, Dim) and _is_negative(a)):
+        return Const(0)  # a size is never negative: exporters' `Where(shape == -1, 1, shape)`
     return Opaque(deps_of(a) | deps_of(b))
+
+
+def _scaled(dim: Dim, factor: int) -> Elem:
+    if factor <= 0:
+        return Opaque(deps_of(dim))
+    value = None if dim.value is None else dim.value * factor
+    return Dim(dim.tensor, dim.axis, value, dim.scale * factor)
+
+
+def _is_negative(elem: Elem) -> bool:
+    return isinstance(elem, Const) and elem.value < 0
 
 
 def _apply(op: str, a: int, b: int) -> int:
@@ -141,6 +190,8 @@ def _apply(op: str, a: int, b: int) -> int:
         return a - b
     if op == "Mul":
         return a * b
+    if op == "Equal":
+        return int(a == b)
     return int(a / b) if b else 0  # Div: ONNX integer division truncates
 
 
@@ -150,17 +201,24 @@ def _static(dim) -> int | None:
 
 # --- after the channel analysis --------------------------------------------------------
 
-def same_channels(state: AnalysisState, a: Labels | None, b: Labels | None) -> bool:
-    """Do two axes always keep the same size, whatever is pruned?"""
+def same_channels(state: AnalysisState, a: Labels | None, b: Labels | None, scale: int = 1) -> bool:
+    """Does axis `b` always keep `scale` times the size of axis `a`, whatever is pruned?"""
     if a is None or b is None:
         return a is None and b is None
-    return Counter(state.space.roots(a).tolist()) == Counter(state.space.roots(b).tolist())
+    scaled = Counter({root: count * scale for root, count in Counter(state.space.roots(a).tolist()).items()})
+    return scaled == Counter(state.space.roots(b).tolist())
 
 
 def check_shape_uses(state: AnalysisState, values: dict[str, list[Elem]]) -> None:
     for node in state.graph.nodes:
+        if node.op in ("Reshape", "Expand") and node.inputs[1].name not in values:
+            reason = f"{node.op} '{node.name}': shape computed by ops spa cannot follow"
+            _fix_axes(state, state.axes.get(node.inputs[0].name) or [], reason)
+            _fix_axes(state, state.axes.get(node.outputs[0].name) or [], reason)
         for index, tensor in enumerate(node.inputs):
             elems = values.get(tensor.name)
+            if node.op == "ConstantOfShape" and elems is not None:  # its length must not move
+                _fix_deps(state, elems, f"ConstantOfShape '{node.name}' reads a size")
             if elems is None or (node.op in PLUMBING and node.outputs[0].name in values):
                 continue
             if node.op in ("Reshape", "Expand") and index == 1:
@@ -183,7 +241,7 @@ def _check_shape_input(state: AnalysisState, node: gs.Node, elems: list[Elem]) -
     rewritable = rewritable_elements(state.graph, node.inputs[1], elems)
     for k, elem in enumerate(elems):
         out_labels = out_axes[k]
-        if isinstance(elem, Dim) and same_channels(state, _labels(state, elem), out_labels):
+        if isinstance(elem, Dim) and same_channels(state, _labels(state, elem), out_labels, elem.scale):
             continue
         _fix_deps(state, [elem], f"{node.op} '{node.name}': shape element {k} would not follow pruning")
         if out_labels is None or keeps_meaning(node, elem, k, in_axes, out_labels, state):
