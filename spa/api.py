@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa.analyze import Analysis, analyze
+from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, analyze
 from spa.errors import SpaError
 from spa.load import ModelSource, import_graph, load_model
 from spa.metrics import summarize
@@ -37,16 +37,21 @@ def inspect(source: ModelSource, ignore: tuple[str, ...] | list[str] = ()) -> An
 
 def prune(source: ModelSource, ratio: float, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
           min_keep: int = 1, ignore: tuple[str, ...] | list[str] = (), seed: int = 0,
-          include_inexact: bool = False, verify: bool = True) -> PruneResult:
+          include_inexact: bool = False, verify: bool = True,
+          targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS) -> PruneResult:
     """Remove floor(ratio*C) channels (rounded, see `select.kept_count`) from every
-    prunable group; returns the smaller model, checked and run in onnxruntime."""
+    prunable group of the `targets` kinds; returns the smaller model, checked and run in
+    onnxruntime."""
     check_ratio(ratio)
     if round_to < 1 or min_keep < 1:
         raise SpaError("--round-to and --min-keep must be at least 1")
+    unknown_targets = set(targets) - set(KINDS)
+    if unknown_targets:
+        raise SpaError(f"unknown target {sorted(unknown_targets)[0]!r} (choose from {', '.join(KINDS)})")
     original = load_model(source)
     analysis = _analyze(original, tuple(ignore))
     scores = score_groups(analysis, criterion, seed)
-    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact)
+    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact, tuple(targets))
     rewrite(analysis, removed)
     pruned = export(analysis.graph, original)
     max_diff = verify_pruned(original, pruned, seed) if verify else None
@@ -107,7 +112,7 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int,
             max_diff: float | None) -> dict:
     groups = []
     for group in analysis.groups:
-        entry = {"id": group.id, "name": group.name, "size": group.size,
+        entry = {"id": group.id, "name": group.name, "kind": group.kind, "size": group.size,
                  "removed": removed.get(group.id, []),
                  "kept": group.size - len(removed.get(group.id, [])),
                  "prunable": group.prunable, "exact": group.exact,

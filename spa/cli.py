@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from spa.analyze import DEFAULT_TARGETS, KINDS
 from spa.api import inspect, prune
 from spa.errors import SpaError
 from spa.report import inspect_table, prune_summary
@@ -39,6 +40,14 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0] if unknown else text!r}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
@@ -59,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-keep", type=_positive, default=1)
     p.add_argument("--report", type=Path, help="write a JSON report of what was removed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", type=_kinds, default=DEFAULT_TARGETS, metavar="KINDS",
+                   help=f"comma-separated kinds to prune, of {','.join(KINDS)} (default: {','.join(DEFAULT_TARGETS)})")
     p.add_argument("--include-inexact", action="store_true",
                    help="also prune groups whose removal changes other channels (e.g. LayerNorm)")
     p.add_argument("--write-unchanged", action="store_true", help="write the model even if nothing is prunable")
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `spa inspect model.onnx | head`: the reader has all it wants
+        sys.stderr.close()
+        return 0
     except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
         if os.environ.get("SPA_DEBUG"):
             traceback.print_exc()
@@ -103,8 +117,8 @@ def _prune(args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report, args.model)
     result = prune(args.model, args.ratio, args.criterion, args.round_to, args.min_keep,
-                   args.ignore, args.seed, args.include_inexact)
-    if not result.analysis.prunable_groups(args.include_inexact) and not args.write_unchanged:
+                   args.ignore, args.seed, args.include_inexact, targets=args.target)
+    if not result.analysis.prunable_groups(args.include_inexact, args.target) and not args.write_unchanged:
         print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
               f"(see `spa inspect {args.model}`); nothing written")
         return 0

@@ -11,6 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from spa.inputs import concrete_shape, input_specs
+from spa.load import infer_shapes
 
 FLOAT_TYPES = {
     TensorProto.FLOAT,
@@ -77,7 +78,7 @@ def _inferred_shapes(
             for dim, size in zip(value.type.tensor_type.shape.dim, concrete[value.name]):
                 dim.dim_value = size
     del copy.graph.value_info[:]  # stale symbolic shapes would conflict with the fixed ones
-    inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
+    inferred = infer_shapes(copy)
 
     shapes: dict[str, Shape] = {init.name: list(init.dims) for init in inferred.graph.initializer}
     graph = inferred.graph

@@ -20,7 +20,7 @@ def prune_summary(report: dict) -> str:
 
 def groups_line(groups: list[dict]) -> str:
     pruned = [g for g in groups if g["removed"]]
-    kept = [g for g in groups if not g["prunable"] or not g["exact"]]
+    kept = [g for g in groups if not g["removed"] and (not g["prunable"] or not g["exact"])]
     removed = sum(len(g["removed"]) for g in groups)
     line = f"groups: {len(pruned)} pruned ({removed} channels removed), {len(kept)} kept whole"
     reasons = Counter(_short_reason(g) for g in kept)
@@ -30,8 +30,10 @@ def groups_line(groups: list[dict]) -> str:
 
 
 def _short_reason(group: dict) -> str:
+    if group["prunable"] and group["kind"] == "hidden":
+        return "hidden size (--target hidden prunes it)"
     if group["prunable"]:
-        return "not exact (use --include-inexact)"
+        return "not exact (--include-inexact prunes it)"
     return (group["reason"] or "").split(";")[0]
 
 
@@ -40,10 +42,10 @@ def _number(value: float) -> str:
 
 
 def inspect_table(analysis: Analysis) -> str:
-    lines = [f"{'group':>5} {'size':>5}  {'prunable':8} {'exact':5}  {'name':28} members / why kept whole"]
+    lines = [f"{'group':>5} {'kind':8} {'size':>5}  {'prunable':8} {'exact':5}  what / why kept whole"]
     for group in analysis.groups:
-        lines.append(f"{group.id:>5} {group.size:>5}  {_yes(group.prunable):8} {_yes(group.exact):5}  "
-                     f"{group.name[:28]:28} {_detail(group)}")
+        lines.append(f"{group.id:>5} {group.kind:8} {group.size:>5}  {_yes(group.prunable):8} "
+                     f"{_yes(group.exact):5}  {_detail(group)}")
     prunable = len(analysis.prunable_groups())
     lines.append(f"{len(analysis.groups)} groups, {prunable} prunable and exact")
     return "\n".join(lines)
@@ -51,11 +53,9 @@ def inspect_table(analysis: Analysis) -> str:
 
 def _detail(group: Group) -> str:
     if not group.prunable:
-        return "; ".join(group.reasons)
-    members = ", ".join(f"{m.initializer}[axis {m.axis}]" for m in group.members[:4])
-    more = f" +{len(group.members) - 4} more" if len(group.members) > 4 else ""
+        return f"{group.name}: " + "; ".join(group.reasons)
     note = "" if group.exact else f"  (not exact: {'; '.join(group.inexact_reasons)})"
-    return members + more + note
+    return group.describe() + note
 
 
 def _yes(flag: bool) -> str:

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from spa.analyze import Analysis, Group
+from spa.analyze import DEFAULT_TARGETS, Analysis, Group
 from spa.errors import SpaError
 
 DEFAULT_ROUND_TO = 16  # tools/bench_widths.py: only multiples of 16 track MACs on AVX-512
@@ -21,12 +21,12 @@ def kept_count(size: int, ratio: float, round_to: int = 1, min_keep: int = 1) ->
 
 
 def select_channels(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
-                    round_to: int = 1, min_keep: int = 1,
-                    include_inexact: bool = False) -> dict[int, list[int]]:
+                    round_to: int = 1, min_keep: int = 1, include_inexact: bool = False,
+                    targets: tuple[str, ...] = DEFAULT_TARGETS) -> dict[int, list[int]]:
     """Per group id, the channel indices to remove (lowest scores first)."""
     check_ratio(ratio)
     removed = {}
-    for group in analysis.prunable_groups(include_inexact):
+    for group in analysis.prunable_groups(include_inexact, targets):
         removed[group.id] = _remove_from_group(group, scores[group.id], ratio, round_to, min_keep)
     return removed
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AnalysisState, NodeContext, static_dim
-from spa.analyze.groups import Group, Member, build_groups
+from spa.analyze.groups import KINDS, Group, Member, build_groups
 from spa.analyze.ops import RULES, unknown
 from spa.analyze.shapes import check_shape_uses, trace_shape_values
 
-__all__ = ["Analysis", "Group", "Member", "analyze"]
+__all__ = ["DEFAULT_TARGETS", "KINDS", "Analysis", "Group", "Member", "analyze"]
+DEFAULT_TARGETS = ("channels", "heads", "mlp")  # every kind whose removal is exact
 
 
 @dataclass
@@ -25,8 +26,12 @@ class Analysis:
     def to_json(self) -> dict:
         return {"groups": [group.to_json() for group in self.groups]}
 
-    def prunable_groups(self, include_inexact: bool = False) -> list[Group]:
-        return [g for g in self.groups if g.prunable and (g.exact or include_inexact)]
+    def prunable_groups(self, include_inexact: bool = False,
+                        targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[Group]:
+        """Groups to prune: of a targeted kind, prunable, and exact unless inexact removal is
+        asked for (targeting "hidden" asks for it: hidden groups are never exact)."""
+        return [g for g in self.groups if g.prunable and g.kind in targets
+                and (g.exact or include_inexact or g.kind == "hidden")]
 
 
 def analyze(graph: gs.Graph, opset: int, keep: tuple[str, ...] = ()) -> Analysis:
@@ -41,6 +46,7 @@ def analyze(graph: gs.Graph, opset: int, keep: tuple[str, ...] = ()) -> Analysis
         _fix_tensor(state, tensor.name, f"reaches graph output '{tensor.name}'")
     check_shape_uses(state, state.shape_values)
     _keep_requested(state, keep)
+    state.space.freeze()
     return Analysis(state, build_groups(state))
 
 

@@ -27,7 +27,9 @@ class AnalysisState:
     shape_values: dict = field(default_factory=dict)  # tensor name -> traced shape elements
     space: LabelSpace = field(default_factory=LabelSpace)
     axes: dict[str, AxisLabels] = field(default_factory=dict)
-    channel_spaces: list[tuple[Labels, str]] = field(default_factory=list)  # (outputs, node)
+    channel_spaces: list[tuple[Labels, str, str]] = field(default_factory=list)  # (outputs, node, op)
+    producers: set[tuple[str, int]] = field(default_factory=set)  # (initializer, axis) making outputs
+    head_labels: list[int] = field(default_factory=list)  # one label of each channel a Reshape split
     partitions: list[tuple[Labels, int]] = field(default_factory=list)  # balanced-removal segments
     grouped_columns: list[GroupedColumns] = field(default_factory=list)
     statistics: set[str] = field(default_factory=set)  # running mean/var: not scored by magnitude
@@ -143,10 +145,16 @@ class NodeContext:
         if labels is not None:
             self.space.mark_inexact(labels, reason)
 
-    def new_space(self, labels: Labels | None) -> None:
-        """`labels` are the output channels of a weighted op: one prunable group."""
+    def new_space(self, labels: Labels | None, weight: int) -> None:
+        """`labels` are the output channels of a weighted op, read from axis `labels` of
+        input `weight`: one prunable group."""
         if labels is not None:
-            self.state.channel_spaces.append((labels, self.name))
+            self.state.channel_spaces.append((labels, self.name, self.node.op))
+            self.state.producers.add((self.tensor(weight).name, self._axis_of(weight, labels)))
+
+    def _axis_of(self, index: int, labels: Labels) -> int:
+        axes = self.state.labels_of(self.tensor(index)) or []
+        return next(k for k, candidate in enumerate(axes) if candidate is labels)
 
     def fresh_fixed(self, count: int, reason: str) -> Labels:
         labels = self.space.new(count)

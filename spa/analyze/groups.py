@@ -19,22 +19,33 @@ class Member:
     within_axis: int | None = None
     within: list[list[int]] | None = None
     role: str = "weight"  # or "statistic" (running mean/var) or "divisor" (1 is inert, not 0)
+    producer: bool = False  # its slices make the channels (conv filters, projection columns)
+    rank: int = 1
 
     def to_json(self) -> dict:
         data = {"initializer": self.initializer, "axis": self.axis, "index": self.index}
         if self.within is not None:
             data.update(within_axis=self.within_axis, within=self.within)
         data["role"] = self.role
+        data["producer"] = self.producer
         if self.role == "divisor":
             data["neutral"] = 1.0
         return data
 
 
+KINDS = ("channels", "heads", "mlp", "hidden")
+
+
 @dataclass
 class Group:
+    """Coupled channels. `kind`: "channels" (conv), "heads" (attention heads, each a block
+    of projection columns), "mlp" (neurons of a linear layer) or "hidden" (a linear layer's
+    outputs read by a normalization: the residual stream of a transformer)."""
     id: int
     name: str  # the node whose output channels started the group
     roots: list[int]  # channel i is the label class roots[i]
+    op: str = ""  # that node's op type
+    kind: str = "channels"
     members: list[Member] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why it is kept whole
     inexact_reasons: list[str] = field(default_factory=list)
@@ -54,7 +65,8 @@ class Group:
         return not self.inexact_reasons
 
     def to_json(self) -> dict:
-        data = {"id": self.id, "name": self.name, "size": self.size, "prunable": self.prunable,
+        data = {"id": self.id, "name": self.name, "kind": self.kind, "size": self.size,
+                "description": self.describe(), "prunable": self.prunable,
                 "reason": "; ".join(self.reasons) or None, "exact": self.exact,
                 "inexact_reason": "; ".join(self.inexact_reasons) or None,
                 "members": [m.to_json() for m in self.members]}
@@ -65,6 +77,22 @@ class Group:
         return data
 
 
+    def describe(self) -> str:
+        """What a person needs: how many of what, made by which weights."""
+        producers = sorted({m.initializer for m in self.members if m.producer})
+        consumers = sorted({m.initializer for m in self.members
+                            if not m.producer and m.role == "weight" and m.rank > 1} - set(producers))
+        if self.kind != "heads":
+            unit = {"channels": "channels", "mlp": "neurons", "hidden": "hidden units"}[self.kind]
+            return f"{self.size} {unit} made by {', '.join(producers)}; read by {', '.join(consumers) or '-'}"
+        weights = [m for m in self.members if m.role == "weight" and m.rank > 1]
+        head_dim = min(len(m.index[0]) for m in weights)  # K or V rows, or O columns per head
+        read = max(len(m.index[0]) for m in weights if m.initializer in consumers) if consumers else head_dim
+        shared = f", each shared by {read // head_dim} query heads" if read > head_dim else ""
+        return (f"{self.size} heads x head_dim {head_dim}{shared}; projections {', '.join(producers)}; "
+                f"read by {', '.join(consumers)}")
+
+
 def build_groups(state: AnalysisState) -> list[Group]:
     groups = _channel_groups(state)
     channel_of = {root: (group, i) for group in groups for i, root in enumerate(group.roots)}
@@ -73,7 +101,19 @@ def build_groups(state: AnalysisState) -> list[Group]:
     _add_segments(state, channel_of)
     _add_pieces(state, channel_of)
     _add_flags(state, groups)
+    _add_kinds(state, groups)
     return groups
+
+
+def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
+    heads = set(state.space.roots(np.array(state.head_labels, dtype=np.int64)).tolist())
+    for group in groups:
+        if heads.intersection(group.roots):
+            group.kind = "heads"
+        elif group.op in ("Conv", "ConvTranspose"):
+            group.kind = "channels"
+        else:
+            group.kind = "mlp" if group.exact else "hidden"
 
 
 def _channel_groups(state: AnalysisState) -> list[Group]:
@@ -87,17 +127,17 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
             x = parent[x]
         return x
 
-    spaces = [(state.space.roots(labels), name) for labels, name in state.channel_spaces]
-    for roots, _ in spaces:
+    spaces = [(state.space.roots(labels), name, op) for labels, name, op in state.channel_spaces]
+    for roots, _, _ in spaces:
         first = find(int(roots[0]))
         for root in roots[1:].tolist():
             parent[find(root)] = first
     by_component: dict[int, Group] = {}
-    for roots, name in spaces:
+    for roots, name, op in spaces:
         for root in roots.tolist():
             component = find(root)
             if component not in by_component:
-                by_component[component] = Group(id=len(by_component), name=name, roots=[])
+                by_component[component] = Group(id=len(by_component), name=name, roots=[], op=op)
             group = by_component[component]
             if root not in group.roots:
                 group.roots.append(root)
@@ -118,6 +158,8 @@ def _add_members(state: AnalysisState, channel_of: dict) -> None:
                     member = _member(group, name, axis)
                     member.index[channel].append(position)
                     member.role = _role(state, name)
+                    member.producer = (name, axis) in state.producers
+                    member.rank = len(axes)
 
 
 def _role(state: AnalysisState, name: str) -> str:
@@ -176,6 +218,7 @@ def _add_segments(state: AnalysisState, channel_of: dict) -> None:
 def _add_pieces(state: AnalysisState, channel_of: dict) -> None:
     """An axis holding only part of a group's channels (a Split output, a Slice) must not
     lose all of them: record that part as a piece of the group."""
+    groups = {g.id: g for g, _ in channel_of.values()}
     for axes in state.axes.values():
         for labels in axes or []:
             if labels is None:
@@ -187,11 +230,10 @@ def _add_pieces(state: AnalysisState, channel_of: dict) -> None:
                 group, channel = channel_of[root]
                 by_group.setdefault(group.id, set()).add(channel)
             else:
-                _add_piece(by_group, channel_of)
+                _add_piece(by_group, groups)
 
 
-def _add_piece(by_group: dict[int, set[int]], channel_of: dict) -> None:
-    groups = {g.id: g for g, _ in channel_of.values()}
+def _add_piece(by_group: dict[int, set[int]], groups: dict[int, Group]) -> None:
     if not by_group or any(len(c) == groups[gid].size for gid, c in by_group.items()):
         return
     gid = max(by_group, key=lambda g: len(by_group[g]))

@@ -18,8 +18,10 @@ class LabelSpace:
         self.parent: list[int] = []
         self.fixed: dict[int, str] = {}
         self.inexact: dict[int, str] = {}
+        self._root_table: np.ndarray | None = None  # every label's root, once unions are done
 
     def new(self, count: int) -> Labels:
+        self._root_table = None
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
         return np.arange(start, start + count, dtype=np.int64)
@@ -32,12 +34,20 @@ class LabelSpace:
         return label
 
     def roots(self, labels: Labels) -> np.ndarray:
+        if self._root_table is not None:
+            return self._root_table[labels]
         return np.fromiter((self.find(int(x)) for x in labels), dtype=np.int64, count=len(labels))
+
+    def freeze(self) -> None:
+        """Tabulate every root, making `roots` a lookup until the next union."""
+        self._root_table = np.fromiter((self.find(x) for x in range(len(self.parent))),
+                                       dtype=np.int64, count=len(self.parent))
 
     def union(self, a: int, b: int) -> int:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return ra
+        self._root_table = None
         if ra > rb:  # keep the older label as root: stable, readable ids
             ra, rb = rb, ra
         self.parent[rb] = ra

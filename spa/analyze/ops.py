@@ -144,7 +144,7 @@ def Conv(ctx: NodeContext) -> None:
     out_channels = w[0]
     if groups == 1:
         ctx.unify(x[1], w[1])
-        ctx.new_space(out_channels)
+        ctx.new_space(out_channels, 1)
     elif len(w[1]) == 1:  # depthwise: input channel c owns outputs c*m .. c*m+m-1
         _depthwise(ctx, x[1], out_channels, groups)
     else:
@@ -166,7 +166,7 @@ def _depthwise(ctx: NodeContext, x_channels, out_channels, groups: int) -> None:
 
 
 def _grouped(ctx: NodeContext, x_channels, out_channels, groups: int) -> None:
-    ctx.new_space(out_channels)
+    ctx.new_space(out_channels, 1)
     if len(out_channels) % groups:
         ctx.fix(out_channels, f"{ctx.where()}: channels not divisible by groups")
     ctx.state.partitions.append((out_channels, groups))
@@ -186,7 +186,7 @@ def ConvTranspose(ctx: NodeContext) -> None:
     out_channels = w[1]
     if ctx.attr("group", 1) == 1:
         ctx.unify(x[1], w[0])
-        ctx.new_space(out_channels)
+        ctx.new_space(out_channels, 1)
     else:
         ctx.fix(x[1], f"{ctx.where()}: grouped ConvTranspose is kept whole")
         ctx.fix(out_channels, f"{ctx.where()}: grouped ConvTranspose is kept whole")
@@ -667,7 +667,7 @@ def Gemm(ctx: NodeContext) -> None:
     b_inner, b_cols = (b[1], b[0]) if ctx.attr("transB", 0) else (b[0], b[1])
     ctx.unify(a_inner, b_inner)
     if ctx.is_const(1):
-        ctx.new_space(b_cols)
+        ctx.new_space(b_cols, 1)
     out = [a_rows, b_cols]
     if ctx.has_input(2):
         trailing_parameter(ctx, 2, out)
@@ -682,9 +682,9 @@ def MatMul(ctx: NodeContext) -> None:
     ctx.unify(a[-1], b[-2])
     batch = _broadcast_batch(ctx, a[:-2], b[:-2])
     if ctx.is_const(1):
-        ctx.new_space(b[-1])
+        ctx.new_space(b[-1], 1)
     if ctx.is_const(0):
-        ctx.new_space(a[-2])
+        ctx.new_space(a[-2], 0)
     ctx.set_output(0, batch + [a[-2], b[-1]])
 
 
