@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,7 +10,8 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, analyze
 from spa.errors import SpaError
-from spa.load import ModelSource, import_graph, load_model
+from spa.load import Loaded, ModelSource, import_graph, load_model
+from spa.save import save_model
 from spa.metrics import summarize
 from spa.rewrite import rewrite
 from spa.score import score_groups
@@ -23,6 +25,7 @@ class PruneResult:
     analysis: Analysis
     removed: dict[int, list[int]]  # group id -> removed channel indices
     report: dict = field(default_factory=dict)
+    written: Path | None = None  # where the model was written, if it was
 
     @property
     def channels_removed(self) -> int:
@@ -31,38 +34,51 @@ class PruneResult:
 
 def inspect(source: ModelSource, ignore: tuple[str, ...] | list[str] = ()) -> Analysis:
     """The coupled channel groups of a model, and why any are kept whole."""
-    model = load_model(source)
-    return _analyze(model, tuple(ignore))
+    return _analyze(load_model(source), tuple(ignore))
 
 
 def prune(source: ModelSource, ratio: float, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
           min_keep: int = 1, ignore: tuple[str, ...] | list[str] = (), seed: int = 0,
           include_inexact: bool = False, verify: bool = True,
-          targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS) -> PruneResult:
+          targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS, output: str | Path | None = None,
+          write_unchanged: bool = True) -> PruneResult:
     """Remove floor(ratio*C) channels (rounded, see `select.kept_count`) from every
-    prunable group of the `targets` kinds; returns the smaller model, checked and run in
-    onnxruntime."""
+    prunable group of the `targets` kinds. The result is checked with onnx.checker and run
+    in onnxruntime; with `output` it is written there (atomically, after the check; weights
+    stay external if they were), unless nothing is prunable and not `write_unchanged`."""
+    _check_arguments(ratio, round_to, min_keep, targets)
+    loaded = load_model(source)
+    if loaded.external and verify and output is None:
+        raise SpaError("a model with external data is checked as it is written: pass output=PATH")
+    analysis = _analyze(loaded, tuple(ignore))
+    scores = score_groups(analysis, criterion, seed)
+    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact, tuple(targets))
+    rewrite(analysis, removed)
+    pruned = export(analysis.graph, loaded.model)
+    report = _report(analysis, removed, scores, loaded.model, pruned, criterion, ratio)
+    result = PruneResult(pruned, analysis, removed, report)
+    if output is not None and (write_unchanged or analysis.prunable_groups(include_inexact, tuple(targets))):
+        check = (lambda path: verify_pruned(loaded, path, seed)) if verify else None
+        report["max_output_difference"] = save_model(pruned, Path(output), loaded.external, loaded.base_dir, check)
+        result.written = Path(output)
+    elif output is None and verify:
+        report["max_output_difference"] = verify_pruned(loaded, pruned, seed)
+    return result
+
+
+def _check_arguments(ratio: float, round_to: int, min_keep: int, targets) -> None:
     check_ratio(ratio)
     if round_to < 1 or min_keep < 1:
         raise SpaError("--round-to and --min-keep must be at least 1")
     unknown_targets = set(targets) - set(KINDS)
     if unknown_targets:
         raise SpaError(f"unknown target {sorted(unknown_targets)[0]!r} (choose from {', '.join(KINDS)})")
-    original = load_model(source)
-    analysis = _analyze(original, tuple(ignore))
-    scores = score_groups(analysis, criterion, seed)
-    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact, tuple(targets))
-    rewrite(analysis, removed)
-    pruned = export(analysis.graph, original)
-    max_diff = verify_pruned(original, pruned, seed) if verify else None
-    report = _report(analysis, removed, scores, original, pruned, criterion, ratio, max_diff)
-    return PruneResult(pruned, analysis, removed, report)
 
 
-def _analyze(model: onnx.ModelProto, ignore: tuple[str, ...]) -> Analysis:
-    graph = import_graph(model)
+def _analyze(loaded: Loaded, ignore: tuple[str, ...]) -> Analysis:
+    graph = import_graph(loaded)
     _check_ignored(graph, ignore)
-    return analyze(graph, _default_opset(model), ignore)
+    return analyze(graph, _default_opset(loaded.model), ignore)
 
 
 def _check_ignored(graph: gs.Graph, names: tuple[str, ...]) -> None:
@@ -108,8 +124,7 @@ def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto)
 
 
 def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int, np.ndarray],
-            original: onnx.ModelProto, pruned: onnx.ModelProto, criterion: str, ratio: float,
-            max_diff: float | None) -> dict:
+            original: onnx.ModelProto, pruned: onnx.ModelProto, criterion: str, ratio: float) -> dict:
     groups = []
     for group in analysis.groups:
         entry = {"id": group.id, "name": group.name, "kind": group.kind, "size": group.size,
@@ -122,4 +137,4 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int,
         groups.append(entry)
     return {"criterion": criterion, "ratio": ratio, "groups": groups,
             "before": summarize(original), "after": summarize(pruned),
-            "max_output_difference": max_diff}
+            "max_output_difference": None}

@@ -8,13 +8,11 @@ import sys
 import traceback
 from pathlib import Path
 
-import onnx
-
 from spa.analyze import DEFAULT_TARGETS, KINDS
 from spa.api import inspect, prune
 from spa.errors import SpaError
 from spa.report import inspect_table, prune_summary
-from spa.save import check_writable, save_model
+from spa.save import check_writable
 from spa.score import CRITERIA
 from spa.select import DEFAULT_ROUND_TO
 
@@ -117,12 +115,12 @@ def _prune(args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report, args.model)
     result = prune(args.model, args.ratio, args.criterion, args.round_to, args.min_keep,
-                   args.ignore, args.seed, args.include_inexact, targets=args.target)
-    if not result.analysis.prunable_groups(args.include_inexact, args.target) and not args.write_unchanged:
+                   args.ignore, args.seed, args.include_inexact, targets=args.target,
+                   output=output, write_unchanged=args.write_unchanged)
+    if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
               f"(see `spa inspect {args.model}`); nothing written")
         return 0
-    save_model(result.model, output, external_data=_has_external_data(args.model))
     if args.report:
         _write_json(args.report, result.report)
     print(f"spa: pruned {args.model} -> {output} ({args.criterion}, ratio {args.ratio}, round-to {args.round_to})")
@@ -144,11 +142,6 @@ def _bench(args: argparse.Namespace) -> int:
     result = bench(str(args.model_a), str(args.model_b), runs=args.runs, warmup=args.warmup, threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
-
-
-def _has_external_data(path: Path) -> bool:
-    model = onnx.load(str(path), load_external_data=False)
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -3,12 +3,16 @@ import it into onnx-graphsurgeon's IR with Constant nodes turned into initialize
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+from onnx.external_data_helper import uses_external_data
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from spa.errors import SpaError
@@ -16,39 +20,98 @@ from spa.errors import SpaError
 ModelSource = str | os.PathLike | onnx.ModelProto
 
 
-def load_model(source: ModelSource) -> onnx.ModelProto:
-    """The validated model at `source` (a path, or a ModelProto returned as is once checked)."""
+@dataclass
+class Loaded:
+    """A validated model. Weights stored as external data stay on disk, read from
+    `base_dir` when needed, so a model over 2 GB is never held twice in memory."""
+    model: onnx.ModelProto
+    base_dir: Path | None = None  # where external data lives; None: all weights in `model`
+    path: Path | None = None
+
+    @property
+    def external(self) -> bool:
+        return self.base_dir is not None
+
+
+def load_model(source: ModelSource) -> Loaded:
+    """The validated model at `source` (a path, or a ModelProto with its weights loaded)."""
     if isinstance(source, onnx.ModelProto):
         check_model(source)
-        return source
+        return Loaded(source)
     path = Path(source)
     if not path.exists():
         raise SpaError(f"no such file: {path}")
     if not path.is_file():
         raise SpaError(f"not a file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
         raise SpaError(f"{path} is not a readable ONNX model ({_first_line(error)})") from None
     check_model(model, path)
-    return model
+    _load_small_external(model, path.parent)
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    return Loaded(model, path.parent if external else None, path)
 
 
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
     if not model.HasField("graph") or not model.graph.node:
         raise SpaError(f"{path or 'model'} has no graph: not an ONNX model, or truncated")
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError) as error:
+    try:  # the path form reads external data and works past 2 GB
+        onnx.checker.check_model(str(path) if path is not None else model)
+    except (onnx.checker.ValidationError, ValueError, OSError) as error:
         raise SpaError(f"{path or 'model'} is not a valid ONNX model: {_first_line(error)}") from None
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """gs graph of `model` with inferred shapes, Constant nodes as initializers, sorted."""
-    graph = gs.import_onnx(infer_shapes(model))
+def import_graph(loaded: Loaded) -> gs.Graph:
+    """gs graph of the model with inferred shapes, Constant nodes as initializers, sorted."""
+    graph = gs.import_onnx(infer_shapes(loaded.model))
+    if loaded.external:
+        _read_external_lazily(graph, loaded.base_dir)
     _constant_nodes_to_initializers(graph)
     graph.toposort()
     return graph
+
+
+SMALL_TENSOR_BYTES = 4096
+
+
+def _load_small_external(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Shape constants must be readable by shape inference: small external tensors are
+    read into the model; large weights stay on disk."""
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor) and _external_length(tensor) <= SMALL_TENSOR_BYTES:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor, str(base_dir)), tensor.name))
+
+
+def _external_length(tensor: onnx.TensorProto) -> int:
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if "length" in info:
+        return int(info["length"])
+    return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+class ExternalValues(LazyValues):
+    """Weights in an external data file, read on demand from the model's folder."""
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Path) -> None:
+        super().__init__(tensor)
+        self.base_dir = base_dir
+
+    def load(self) -> np.ndarray:
+        return numpy_helper.to_array(self.tensor, base_dir=str(self.base_dir))
+
+
+def _read_external_lazily(graph: gs.Graph, base_dir: Path) -> None:
+    for tensor in graph.tensors().values():
+        lazy = getattr(tensor, "_values", None)
+        if isinstance(lazy, LazyValues) and uses_external_data(lazy.tensor):
+            tensor._values = ExternalValues(lazy.tensor, base_dir)
+
+
+def read_values(tensor: gs.Constant) -> np.ndarray:
+    """A constant's values, without keeping lazily loaded weights in memory afterwards."""
+    values = tensor._values
+    return values.load() if isinstance(values, LazyValues) else np.asarray(values)
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -17,6 +17,7 @@ from spa.analyze.context import AnalysisState, static_dim
 from spa.analyze.labels import Labels
 from spa.analyze.ops import slice_params
 from spa.analyze.shapes import Const, keeps_meaning
+from spa.load import read_values
 
 
 class Kept:
@@ -61,9 +62,9 @@ def _slice_initializers(state: AnalysisState, kept: Kept) -> None:
                 continue
             positions = kept.positions(labels)
             if len(positions) < len(labels):
-                values = np.take(np.asarray(tensor.values) if values is None else values, positions, axis=axis)
+                values = np.take(read_values(tensor) if values is None else values, positions, axis=axis)
         if values is not None:
-            tensor.values = values
+            _set_values(tensor, values)
 
 
 def _slice_grouped_columns(state: AnalysisState, kept: Kept) -> None:
@@ -71,7 +72,7 @@ def _slice_grouped_columns(state: AnalysisState, kept: Kept) -> None:
     tensors = state.graph.tensors()
     for columns in state.grouped_columns:
         weight = tensors[columns.weight]
-        values = np.asarray(weight.values)
+        values = read_values(weight)
         per_group = len(columns.input_labels) // columns.groups
         rows = values.shape[0] // columns.groups
         positions = kept.positions(columns.input_labels)
@@ -81,7 +82,12 @@ def _slice_grouped_columns(state: AnalysisState, kept: Kept) -> None:
         for segment in range(columns.groups):
             inside = positions[(positions >= segment * per_group) & (positions < (segment + 1) * per_group)]
             pieces.append(values[segment * rows:(segment + 1) * rows][:, inside - segment * per_group])
-        weight.values = np.concatenate(pieces, axis=0)
+        _set_values(weight, np.concatenate(pieces, axis=0))
+
+
+def _set_values(tensor: gs.Constant, values: np.ndarray) -> None:
+    tensor.values = values
+    tensor.data_location = None  # now in memory, wherever the original weights were stored
 
 
 def _update_shapes(state: AnalysisState, kept: Kept) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from spa.analyze import Analysis, Group, Member
 from spa.errors import SpaError
+from spa.load import read_values
 
 CRITERIA = ("l1", "l2", "random")
 
@@ -35,7 +36,7 @@ def magnitude(group: Group, tensors: dict, norm: str) -> np.ndarray:
     for member in group.members:
         if member.role != "weight":
             continue
-        values = np.asarray(tensors[member.initializer].values, dtype=np.float64)
+        values = read_values(tensors[member.initializer]).astype(np.float64)
         total += _member_powers(member, values, power)
     return total if power == 1 else np.sqrt(total)
 

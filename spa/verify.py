@@ -2,30 +2,36 @@
 original inputs, giving outputs of the original shapes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from spa.errors import SpaError
 from spa.inputs import make_inputs
+from spa.load import Loaded
+
+DYNAMIC_DIMS = (3, 1)  # sizes tried for symbolic dims: 3 first, 1 for exports that bake batch 1
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_model(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
 
-def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, seed: int = 0) -> float:
-    """Check `pruned` and return the largest output difference to `original` on a random
-    input. Raises SpaError (a bug in spa, never the user's) when the model is broken."""
+def verify_pruned(original: Loaded, pruned: onnx.ModelProto | Path, seed: int = 0) -> float:
+    """Check `pruned` (in memory, or a written file with its external data) and return the
+    largest output difference to the original on a random input. Raises SpaError, naming
+    it an internal error of spa, when the model is broken."""
     try:
-        onnx.checker.check_model(pruned, full_check=True)
+        onnx.checker.check_model(str(pruned) if isinstance(pruned, Path) else pruned, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise SpaError(f"internal error: pruned model fails onnx.checker: {_line(error)}") from None
-    feeds = make_inputs(original, seed=seed)
-    expected = run_model(original, feeds)
+    feeds, expected = _reference_run(original, seed)
     try:
         actual = run_model(pruned, feeds)
     except Exception as error:  # noqa: BLE001 - any onnxruntime failure is a broken model
@@ -35,6 +41,18 @@ def verify_pruned(original: onnx.ModelProto, pruned: onnx.ModelProto, seed: int 
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
     return max((float(np.max(np.abs(w - g))) if w.size else 0.0 for w, g in zip(expected, actual)
                 if np.issubdtype(w.dtype, np.number)), default=0.0)
+
+
+def _reference_run(original: Loaded, seed: int) -> tuple[dict, list[np.ndarray]]:
+    """A random input the original model accepts, and its outputs."""
+    source = original.path if original.external else original.model
+    for size in DYNAMIC_DIMS:
+        feeds = make_inputs(original.model, seed=seed, default_dim=size)
+        try:
+            return feeds, run_model(source, feeds)
+        except Exception as error:  # noqa: BLE001 - try the next size, then report
+            failure = error
+    raise SpaError(f"the input model fails in onnxruntime: {_line(failure)}")
 
 
 def _line(error: BaseException) -> str:
