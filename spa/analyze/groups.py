@@ -44,7 +44,7 @@ class Group:
     id: int
     name: str  # the node whose output channels started the group
     roots: list[int]  # channel i is the label class roots[i]
-    op: str = ""  # that node's op type
+    ops: set[str] = field(default_factory=set)  # op types of the nodes making its channels
     kind: str = "channels"
     members: list[Member] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why it is kept whole
@@ -108,12 +108,13 @@ def build_groups(state: AnalysisState) -> list[Group]:
 def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
     heads = set(state.space.roots(np.array(state.head_labels, dtype=np.int64)).tolist())
     for group in groups:
+        linear = bool(group.ops & {"MatMul", "Gemm"})
         if heads.intersection(group.roots):
             group.kind = "heads"
-        elif group.op in ("Conv", "ConvTranspose"):
-            group.kind = "channels"
+        elif linear and not group.exact:
+            group.kind = "hidden"
         else:
-            group.kind = "mlp" if group.exact else "hidden"
+            group.kind = "mlp" if linear else "channels"
 
 
 def _channel_groups(state: AnalysisState) -> list[Group]:
@@ -137,8 +138,9 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
         for root in roots.tolist():
             component = find(root)
             if component not in by_component:
-                by_component[component] = Group(id=len(by_component), name=name, roots=[], op=op)
+                by_component[component] = Group(id=len(by_component), name=name, roots=[])
             group = by_component[component]
+            group.ops.add(op)
             if root not in group.roots:
                 group.roots.append(root)
     return list(by_component.values())
