@@ -55,13 +55,22 @@ def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     only their dims, and this keeps models over the 2 GB protobuf limit inferable. Small
     ones keep their values, which inference may need (e.g. Resize scales)."""
     copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for init in copy.graph.initializer:
+    weights = model.graph.initializer
+    copy.CopyFrom(_without_initializers(model))
+    for init in weights:
         if init.data_type in FLOAT_TYPES and math.prod(init.dims) > _KEEP_DATA_ELEMENTS:
-            for field in ("raw_data", "float_data", "double_data", "int32_data", "external_data"):
-                init.ClearField(field)
-            init.data_location = TensorProto.DEFAULT
+            copy.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+        else:
+            copy.graph.initializer.add().CopyFrom(init)
     return copy
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the initializers, made without copying their data."""
+    graph = onnx.helper.make_graph(model.graph.node, model.graph.name, model.graph.input,
+                                   model.graph.output, value_info=model.graph.value_info)
+    return onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, graph=graph,
+                           functions=model.functions, metadata_props=model.metadata_props)
 
 
 def _inferred_shapes(
@@ -177,11 +186,9 @@ def _tensor_nbytes(tensor: TensorProto) -> int:
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size, plus the bytes of initializers stored as external data."""
-    external = [
-        init for init in model.graph.initializer if init.data_location == TensorProto.EXTERNAL
-    ]
-    return model.ByteSize() + sum(_tensor_nbytes(init) for init in external)
+    """Size on disk: the model without its initializers, plus each initializer's bytes
+    (external or not; a few bytes of names and dims per tensor are not counted)."""
+    return _without_initializers(model).ByteSize() + sum(map(_tensor_nbytes, model.graph.initializer))
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

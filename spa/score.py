@@ -36,18 +36,21 @@ def magnitude(group: Group, tensors: dict, norm: str) -> np.ndarray:
     for member in group.members:
         if member.role != "weight":
             continue
-        values = read_values(tensors[member.initializer]).astype(np.float64)
-        total += _member_powers(member, values, power)
+        total += _member_powers(member, read_values(tensors[member.initializer]), power)
     return total if power == 1 else np.sqrt(total)
 
 
 def _member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:
     """Sum of |w|^power over each channel's slice of one member."""
-    magnitudes = np.abs(values) ** power
+    magnitudes = np.abs(values) if power == 1 else np.square(values)
     if member.within is None:
-        per_position = np.moveaxis(magnitudes, member.axis, 0).reshape(values.shape[member.axis], -1).sum(1)
-        return np.array([per_position[index].sum() for index in member.index])
-    return np.array([_within_slice(magnitudes, member, i).sum() for i in range(len(member.index))])
+        moved = np.moveaxis(magnitudes, member.axis, 0).reshape(values.shape[member.axis], -1)
+        per_position = moved.sum(axis=1, dtype=np.float64)
+        channels = np.repeat(np.arange(len(member.index)), [len(index) for index in member.index])
+        positions = np.fromiter((p for index in member.index for p in index), dtype=np.int64, count=len(channels))
+        return np.bincount(channels, weights=per_position[positions], minlength=len(member.index))
+    return np.array([_within_slice(magnitudes, member, i).sum(dtype=np.float64)
+                     for i in range(len(member.index))])
 
 
 def _within_slice(values: np.ndarray, member: Member, channel: int) -> np.ndarray:

@@ -134,6 +134,7 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
         for root in roots[1:].tolist():
             parent[find(root)] = first
     by_component: dict[int, Group] = {}
+    seen: set[int] = set()
     for roots, name, op in spaces:
         for root in roots.tolist():
             component = find(root)
@@ -141,27 +142,43 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
                 by_component[component] = Group(id=len(by_component), name=name, roots=[])
             group = by_component[component]
             group.ops.add(op)
-            if root not in group.roots:
+            if root not in seen:
+                seen.add(root)
                 group.roots.append(root)
     return list(by_component.values())
 
 
 def _add_members(state: AnalysisState, channel_of: dict) -> None:
+    """Every initializer axis position whose channel belongs to a group joins that
+    group's member for the initializer and axis."""
     tensors = state.graph.tensors()
+    owner_group, owner_channel = _owner_tables(state, channel_of)
+    groups = {group.id: group for group, _ in channel_of.values()}
     for name, axes in state.axes.items():
         if not isinstance(tensors.get(name), gs.Constant):
             continue
         for axis, labels in enumerate(axes):
             if labels is None:
                 continue
-            for position, root in enumerate(state.space.roots(labels).tolist()):
-                if root in channel_of:
-                    group, channel = channel_of[root]
-                    member = _member(group, name, axis)
+            roots = state.space.roots(labels)
+            owners = owner_group[roots]
+            for gid in np.unique(owners[owners >= 0]).tolist():
+                positions = np.flatnonzero(owners == gid)
+                member = _member(groups[gid], name, axis)
+                for position, channel in zip(positions.tolist(), owner_channel[roots[positions]].tolist()):
                     member.index[channel].append(position)
-                    member.role = _role(state, name)
-                    member.producer = (name, axis) in state.producers
-                    member.rank = len(axes)
+                member.role = _role(state, name)
+                member.producer = (name, axis) in state.producers
+                member.rank = len(axes)
+
+
+def _owner_tables(state: AnalysisState, channel_of: dict) -> tuple[np.ndarray, np.ndarray]:
+    """For every label: its group id and channel index (-1 where it has none)."""
+    owner_group = np.full(len(state.space.parent), -1, dtype=np.int64)
+    owner_channel = np.full(len(state.space.parent), -1, dtype=np.int64)
+    for root, (group, channel) in channel_of.items():
+        owner_group[root], owner_channel[root] = group.id, channel
+    return owner_group, owner_channel
 
 
 def _role(state: AnalysisState, name: str) -> str:
@@ -171,6 +188,9 @@ def _role(state: AnalysisState, name: str) -> str:
 
 
 def _member(group: Group, name: str, axis: int, within_axis: int | None = None) -> Member:
+    if group.members and (group.members[-1].initializer, group.members[-1].axis,
+                          group.members[-1].within_axis) == (name, axis, within_axis):
+        return group.members[-1]  # the common case: filled position after position
     for member in group.members:
         if (member.initializer, member.axis, member.within_axis) == (name, axis, within_axis):
             return member
