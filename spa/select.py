@@ -38,6 +38,7 @@ def check_ratio(ratio: float) -> None:
 
 def _remove_from_group(group: Group, scores: np.ndarray, ratio: float, round_to: int,
                        min_keep: int) -> list[int]:
+    round_to //= math.gcd(round_to, group.width)  # a head of width 64 is 64 columns already
     if group.segments is None:
         keep = kept_count(group.size, ratio, round_to, min_keep)
         return _lowest(scores, list(range(group.size)), group.size - keep, group.pieces)

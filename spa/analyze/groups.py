@@ -57,6 +57,12 @@ class Group:
         return len(self.roots)
 
     @property
+    def width(self) -> int:
+        """Positions one channel owns in the weights that make it (head_dim for a head)."""
+        widths = [len(m.index[0]) for m in self.members if m.producer and m.index[0]]
+        return min(widths, default=1)
+
+    @property
     def prunable(self) -> bool:
         return not self.reasons
 
