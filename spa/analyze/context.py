@@ -29,7 +29,7 @@ class AnalysisState:
     axes: dict[str, AxisLabels] = field(default_factory=dict)
     channel_spaces: list[tuple[Labels, str, str]] = field(default_factory=list)  # (outputs, node, op)
     producers: set[tuple[str, int]] = field(default_factory=set)  # (initializer, axis) making outputs
-    head_labels: list[int] = field(default_factory=list)  # one label of each channel a Reshape split
+    head_labels: list[tuple[int, int]] = field(default_factory=list)  # (label, positions) per head a Reshape split
     partitions: list[tuple[Labels, int]] = field(default_factory=list)  # balanced-removal segments
     grouped_columns: list[GroupedColumns] = field(default_factory=list)
     statistics: set[str] = field(default_factory=set)  # running mean/var: not scored by magnitude

@@ -46,6 +46,7 @@ class Group:
     roots: list[int]  # channel i is the label class roots[i]
     ops: set[str] = field(default_factory=set)  # op types of the nodes making its channels
     kind: str = "channels"
+    head_dim: int = 0  # for heads: positions per head where the attention splits them
     members: list[Member] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)  # why it is kept whole
     inexact_reasons: list[str] = field(default_factory=list)
@@ -91,9 +92,8 @@ class Group:
         if self.kind != "heads":
             unit = {"channels": "channels", "mlp": "neurons", "hidden": "hidden units"}[self.kind]
             return f"{self.size} {unit} made by {', '.join(producers)}; read by {', '.join(consumers) or '-'}"
-        weights = [m for m in self.members if m.role == "weight" and m.rank > 1]
-        head_dim = min(len(m.index[0]) for m in weights)  # K or V rows, or O columns per head
-        read = max(len(m.index[0]) for m in weights if m.initializer in consumers) if consumers else head_dim
+        head_dim = self.head_dim
+        read = max((len(m.index[0]) for m in self.members if m.initializer in consumers), default=head_dim)
         shared = f", each shared by {read // head_dim} query heads" if read > head_dim else ""
         return (f"{self.size} heads x head_dim {head_dim}{shared}; projections {', '.join(producers)}; "
                 f"read by {', '.join(consumers)}")
@@ -112,11 +112,15 @@ def build_groups(state: AnalysisState) -> list[Group]:
 
 
 def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
-    heads = set(state.space.roots(np.array(state.head_labels, dtype=np.int64)).tolist())
+    head_dims: dict[int, int] = {}
+    for label, positions in state.head_labels:
+        root = state.space.find(label)
+        head_dims[root] = min(positions, head_dims.get(root, positions))
     for group in groups:
         linear = bool(group.ops & {"MatMul", "Gemm"})
-        if heads.intersection(group.roots):
-            group.kind = "heads"
+        dims = [head_dims[root] for root in group.roots if root in head_dims]
+        if dims and linear:
+            group.kind, group.head_dim = "heads", min(dims)
         elif linear and not group.exact:
             group.kind = "hidden"
         else:

@@ -55,7 +55,8 @@ def _carry_block(ctx: NodeContext, x: AxisLabels, in_dims: list, out_shape: list
     if carrier is None:
         carrier = next(i for i, n in enumerate(block_out) if n > 1)
         for q in range(block_out[carrier]):
-            ctx.state.head_labels.append(ctx.space.merge_all(np.take(grid, q, axis=carrier).ravel()))
+            head = np.take(grid, q, axis=carrier).ravel()
+            ctx.state.head_labels.append((ctx.space.merge_all(head), len(head)))
     first_slice = [0] * len(block_out)
     first_slice[carrier] = slice(None)
     out[out_axes[carrier]] = grid[tuple(first_slice)].copy()
