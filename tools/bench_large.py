@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from big_decoder import write_decoder  # tools/ is on sys.path when run as a script
+from big_decoder import add_size_arguments, write_decoder  # tools/ is on sys.path when run as a script
 
 GIB = 2**30
 SMALL = {"layers": 2, "hidden": 128, "heads": 4, "ffn": 512, "vocab": 1000}
@@ -128,12 +128,7 @@ def timeline(samples: list[tuple[float, int]]) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help=f"tiny config {SMALL}, for a quick check")
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--ffn", type=int, default=8192)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--seq", type=int, default=8)
+    add_size_arguments(parser)
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--spa", default="spa", help="the spa command to run (default: the console script)")
     parser.add_argument("--prune-args", default="", help="more `spa prune` arguments, e.g. '--round-to 1'")

@@ -33,7 +33,8 @@ import spa
 from spa.bench import bench
 from spa.select import DEFAULT_ROUND_TO
 
-from resnet50_onnx import build_resnet50  # tools/ is on sys.path when run as a script
+from big_decoder import write_decoder  # tools/ is on sys.path when run as a script
+from resnet50_onnx import build_resnet50
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 TIMING_REPEATS = 5
@@ -48,6 +49,7 @@ RESULT_COLUMNS: list[Column] = [
     ("promised", "promised", ".2f"), ("realized", "realized", ".2f"), ("real/prom", "efficiency", ".3f"),
 ]
 FIXTURE_COLUMNS: list[Column] = [("model", "model", ""), INSPECT_COLUMN] + RESULT_COLUMNS
+TRANSFORMER_COLUMNS: list[Column] = FIXTURE_COLUMNS + [("pruned", "kinds", "")]
 RESNET50_COLUMNS: list[Column] = [("round-to", "round_to", "d"), INSPECT_COLUMN,
                                   ("rewrite s", "rewrite_s", ".3f")] + RESULT_COLUMNS
 
@@ -73,6 +75,7 @@ def measure(path: Path, args: argparse.Namespace, round_to: int, time_rewrite: b
     if time_rewrite:
         _, row["rewrite_s"] = timed(lambda: spa.prune(path, args.ratio, round_to=round_to, verify=False))
     result, row["prune_s"] = timed(lambda: spa.prune(path, args.ratio, round_to=round_to))
+    row["kinds"] = ",".join(sorted({g["kind"] for g in result.report["groups"] if g["removed"]}))
     latency = bench(path, result.model, runs=args.runs, threads=args.threads)
     promised, realized = latency["promised_speedup"], latency["speedup"]
     row.update(before_ms=latency["a"]["median_ms"], after_ms=latency["b"]["median_ms"],
@@ -94,6 +97,20 @@ def try_measure(path: Path, args: argparse.Namespace, round_to: int, time_rewrit
 def fixture_rows(args: argparse.Namespace) -> list[dict]:
     paths = sorted(p for p in MODELS_DIR.glob("*.onnx") if fnmatch(p.stem, args.models))
     return [try_measure(path, args, DEFAULT_ROUND_TO) for path in paths]
+
+
+def transformer_rows(args: argparse.Namespace) -> list[dict]:
+    """Transformer fixtures and a mid-size decoder at the transformer ratio."""
+    ratio_args = argparse.Namespace(**{**vars(args), "ratio": args.transformer_ratio})
+    paths = sorted(p for p in (MODELS_DIR / "transformers").glob("*.onnx") if fnmatch(p.stem, args.models))
+    rows = [try_measure(path, ratio_args, DEFAULT_ROUND_TO) for path in paths]
+    with tempfile.TemporaryDirectory() as directory:
+        stored, path = Path(directory) / "stored.onnx", Path(directory) / "decoder_512x4.onnx"
+        log("building a decoder: hidden 512, 8 heads, ffn 2048, 4 layers, vocab 8000, seq 128")
+        write_decoder(stored, layers=4, hidden=512, heads=8, ffn=2048, vocab=8000, seq=128)
+        onnx.save(onnx.load(str(stored)), str(path))  # weights inline: under 2 GB
+        rows.append(try_measure(path, ratio_args, DEFAULT_ROUND_TO))
+    return rows
 
 
 def resnet50_rows(args: argparse.Namespace) -> list[dict]:
@@ -149,7 +166,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=200, help="timed onnxruntime runs per model")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--models", default="*", help="glob on fixture names, e.g. 'resnet*'")
-    parser.add_argument("--skip-resnet50", action="store_true", help="fixtures only")
+    parser.add_argument("--skip-resnet50", action="store_true", help="no ResNet-50-sized model")
+    parser.add_argument("--transformer-ratio", type=float, default=0.5, help="ratio for the transformers")
+    parser.add_argument("--skip-transformers", action="store_true", help="no transformer table")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     return parser.parse_args()
 
@@ -159,13 +178,14 @@ def main() -> None:
     started = time.perf_counter()
     fixtures = fixture_rows(args)
     resnet50 = [] if args.skip_resnet50 else resnet50_rows(args)
+    transformers = [] if args.skip_transformers else transformer_rows(args)
     summary = summarize(fixtures, resnet50)
     elapsed = time.perf_counter() - started
     if args.json:
         config = {"ratio": args.ratio, "runs": args.runs, "threads": args.threads,
                   "timing_repeats": TIMING_REPEATS, "onnxruntime": ort.__version__, "elapsed_s": elapsed}
         print(json.dumps({"config": config, "fixtures": fixtures, "resnet50": resnet50,
-                          "summary": summary}, indent=2))
+                          "transformers": transformers, "summary": summary}, indent=2))
         return
     print(f"ratio {args.ratio}, onnxruntime {ort.__version__} CPU, {args.threads} thread(s), "
           f"{args.runs} runs, {os.cpu_count()} cores; times are medians of {TIMING_REPEATS} calls; "
@@ -173,6 +193,9 @@ def main() -> None:
     print(format_table(f"\nfixtures (round-to {DEFAULT_ROUND_TO})", FIXTURE_COLUMNS, fixtures))
     if not args.skip_resnet50:
         print(format_table("\nResNet-50 (rewrite s = prune with verify=False)", RESNET50_COLUMNS, resnet50))
+    if not args.skip_transformers:
+        print(format_table(f"\ntransformers (ratio {args.transformer_ratio} on heads and MLP neurons)",
+                           TRANSFORMER_COLUMNS, transformers))
     print(f"\nelapsed {elapsed:.0f} s")
     print(summary_line(summary))
 

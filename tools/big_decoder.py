@@ -193,15 +193,20 @@ def write_decoder(path: str | Path, layers: int, hidden: int, heads: int, ffn: i
     return g.weight_bytes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="the .onnx file; weights go to OUTPUT.data beside it")
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoder's sizes; the defaults make a model of about 2.7 GB."""
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--ffn", type=int, default=8192)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--seq", type=int, default=8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", type=Path, help="the .onnx file; weights go to OUTPUT.data beside it")
+    add_size_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--activation", choices=("gelu", "relu"), default="gelu")
     args = parser.parse_args()

@@ -6,19 +6,19 @@ Needs torch (and onnxscript for the dynamo exporter); neither is a runtime depen
 
 from __future__ import annotations
 
-import collections
 import logging
 import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fixture_report import max_error, summary  # tools/ is on sys.path when run as a script
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SEED = 0
@@ -276,19 +276,7 @@ def compare(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     with torch.no_grad():
         expected = model(x).numpy()
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    assert got.shape == expected.shape, (path.name, got.shape, expected.shape)
-    err = float(np.abs(got - expected).max())
-    assert err <= ATOL, f"{path.name}: max abs error {err:.2e} > {ATOL}"
-    return err
-
-
-def summary(model: onnx.ModelProto, path: Path, err: float) -> str:
-    ops = collections.Counter(n.op_type for n in model.graph.node)
-    hist = " ".join(f"{op}:{n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return (f"{path.name:32} {path.stat().st_size / 1024:8.1f}K {params:8d} "
-            f"op{opset}/ir{model.ir_version} err={err:.1e}  {hist}")
+    return max_error(path.name, got, expected, ATOL)
 
 
 EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path], None]] = {

@@ -7,7 +7,6 @@ dependency of spa. Models are built from config objects: nothing is downloaded f
 
 from __future__ import annotations
 
-import collections
 import logging
 import warnings
 from collections.abc import Callable
@@ -15,13 +14,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
 from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification)
+
+from fixture_report import max_error, summary  # tools/ is on sys.path when run as a script
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "models" / "transformers"
 SEED = 0
@@ -192,19 +192,7 @@ def compare(fx: Fixture, path: Path, inputs: tuple[torch.Tensor, ...]) -> float:
         expected = fx.model(*inputs).numpy()
     feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
     (got,) = session.run(None, feeds)
-    assert got.shape == expected.shape, (path.name, got.shape, expected.shape)
-    err = float(np.abs(got - expected).max())
-    assert err <= ATOL, f"{path.name}: max abs error {err:.2e} > {ATOL}"
-    return err
-
-
-def summary(model: onnx.ModelProto, path: Path, err: float) -> str:
-    ops = collections.Counter(n.op_type for n in model.graph.node)
-    hist = " ".join(f"{op}:{n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return (f"{path.name:31} {path.stat().st_size / 1024:7.1f}K {params:7d} "
-            f"op{opset}/ir{model.ir_version} err={err:.1e}  {hist}")
+    return max_error(path.name, got, expected, ATOL)
 
 
 def main() -> None:
