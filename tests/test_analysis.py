@@ -1,7 +1,6 @@
 """The dependency analysis: which slices belong together, and why groups are kept."""
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
