@@ -28,6 +28,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from export_fixtures import conv_bn  # tools/ is on sys.path when run as a script
+
 OUT_DIR = Path(__file__).resolve().parent.parent / "models" / "trained"
 SEED = 0
 THREADS = 2
@@ -91,16 +93,6 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------- models
-
-
-def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
-            act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
-    """Conv (no bias) -> BatchNorm -> optional activation."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(act())
-    return nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):
