@@ -15,7 +15,7 @@ from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-from spa.errors import SpaError
+from spa.errors import SpaError, first_line
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 
@@ -46,7 +46,7 @@ def load_model(source: ModelSource) -> Loaded:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as error:
-        raise SpaError(f"{path} is not a readable ONNX model ({_first_line(error)})") from None
+        raise SpaError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     check_model(model, path)
     _load_small_external(model, path.parent)
     external = any(uses_external_data(t) for t in model.graph.initializer)
@@ -59,7 +59,7 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
     try:  # the path form reads external data and works past 2 GB
         onnx.checker.check_model(str(path) if path is not None else model)
     except (onnx.checker.ValidationError, ValueError, OSError) as error:
-        raise SpaError(f"{path or 'model'} is not a valid ONNX model: {_first_line(error)}") from None
+        raise SpaError(f"{path or 'model'} is not a valid ONNX model: {first_line(error)}") from None
 
 
 def import_graph(loaded: Loaded) -> gs.Graph:
@@ -79,12 +79,18 @@ def _load_small_external(model: onnx.ModelProto, base_dir: Path) -> None:
     """Shape constants must be readable by shape inference: small external tensors are
     read into the model; large weights stay on disk."""
     for tensor in model.graph.initializer:
-        if uses_external_data(tensor) and _external_length(tensor) <= SMALL_TENSOR_BYTES:
+        if uses_external_data(tensor) and tensor_nbytes(tensor) <= SMALL_TENSOR_BYTES:
             tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor, str(base_dir)), tensor.name))
 
 
-def _external_length(tensor: onnx.TensorProto) -> int:
-    info = {entry.key: entry.value for entry in tensor.external_data}
+def external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    """An external tensor's location, offset and length entries."""
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, wherever it is stored."""
+    info = external_info(tensor)
     if "length" in info:
         return int(info["length"])
     return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
@@ -157,8 +163,3 @@ def _constant_value(node: gs.Node) -> np.ndarray | None:
         if name in attrs:
             return np.asarray(attrs[name], dtype=dtype)
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

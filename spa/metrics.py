@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from spa.inputs import concrete_shape, input_specs
-from spa.load import infer_shapes
+from spa.load import infer_shapes, tensor_nbytes
 
 FLOAT_TYPES = {
     TensorProto.FLOAT,
@@ -177,18 +177,10 @@ def count_macs(
     return total
 
 
-def _tensor_nbytes(tensor: TensorProto) -> int:
-    entries = {entry.key: entry.value for entry in tensor.external_data}
-    if "length" in entries:
-        return int(entries["length"])
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return math.prod(tensor.dims) * itemsize
-
-
 def model_size_bytes(model: onnx.ModelProto) -> int:
     """Size on disk: the model without its initializers, plus each initializer's bytes
     (external or not; a few bytes of names and dims per tensor are not counted)."""
-    return _without_initializers(model).ByteSize() + sum(map(_tensor_nbytes, model.graph.initializer))
+    return _without_initializers(model).ByteSize() + sum(map(tensor_nbytes, model.graph.initializer))
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

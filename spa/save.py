@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from spa.errors import SpaError
+from spa.load import external_info
 
 PROTOBUF_LIMIT = 2**31 - 1
 INLINE_BYTES = 1024  # smaller tensors stay inside the model file
@@ -85,7 +86,7 @@ def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
 
 
 def _external_range(tensor: onnx.TensorProto, base_dir: Path | None) -> tuple[Path, int, int | None]:
-    info = {entry.key: entry.value for entry in tensor.external_data}
+    info = external_info(tensor)
     if base_dir is None:
         raise SpaError(f"tensor '{tensor.name}' refers to external data but no folder was given")
     length = int(info["length"]) if "length" in info else None

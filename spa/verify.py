@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.errors import SpaError
+from spa.errors import SpaError, first_line
 from spa.inputs import make_inputs
 from spa.load import Loaded
 
@@ -30,12 +30,12 @@ def verify_pruned(original: Loaded, pruned: onnx.ModelProto | Path, seed: int = 
     try:
         onnx.checker.check_model(str(pruned) if isinstance(pruned, Path) else pruned, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        raise SpaError(f"internal error: pruned model fails onnx.checker: {_line(error)}") from None
+        raise SpaError(f"internal error: pruned model fails onnx.checker: {first_line(error)}") from None
     feeds, expected = _reference_run(original, seed)
     try:
         actual = run_model(pruned, feeds)
     except Exception as error:  # noqa: BLE001 - any onnxruntime failure is a broken model
-        raise SpaError(f"internal error: pruned model fails in onnxruntime: {_line(error)}") from None
+        raise SpaError(f"internal error: pruned model fails in onnxruntime: {first_line(error)}") from None
     for want, got in zip(expected, actual):
         if want.shape != got.shape:
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
@@ -52,9 +52,4 @@ def _reference_run(original: Loaded, seed: int) -> tuple[dict, list[np.ndarray]]
             return feeds, run_model(source, feeds)
         except Exception as error:  # noqa: BLE001 - try the next size, then report
             failure = error
-    raise SpaError(f"the input model fails in onnxruntime: {_line(failure)}")
-
-
-def _line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    raise SpaError(f"the input model fails in onnxruntime: {first_line(failure)}")

@@ -83,7 +83,6 @@ class Group:
             data["pieces"] = self.pieces
         return data
 
-
     def describe(self) -> str:
         """What a person needs: how many of what, made by which weights."""
         producers = sorted({m.initializer for m in self.members if m.producer})
@@ -198,9 +197,6 @@ def _role(state: AnalysisState, name: str) -> str:
 
 
 def _member(group: Group, name: str, axis: int, within_axis: int | None = None) -> Member:
-    if group.members and (group.members[-1].initializer, group.members[-1].axis,
-                          group.members[-1].within_axis) == (name, axis, within_axis):
-        return group.members[-1]  # the common case: filled position after position
     for member in group.members:
         if (member.initializer, member.axis, member.within_axis) == (name, axis, within_axis):
             return member
