@@ -1,22 +1,32 @@
 """The pipeline: load -> analyze -> score -> select -> rewrite -> verify."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, analyze
+from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, Group, analyze
+from spa.bias import add_zero_biases, drop_zero_biases
+from spa.calib import Calibration, load_calibration, synthetic_calibration
+from spa.compensate import COMPENSATING, prune_in_order
+from spa.correct import correct_statistics, output_moments
 from spa.errors import SpaError
+from spa.layers import LinearLayer
 from spa.load import Loaded, ModelSource, import_graph, load_model
-from spa.save import save_model
 from spa.metrics import summarize
+from spa.obs import DEFAULT_DAMPING
 from spa.rewrite import rewrite
-from spa.score import score_groups
-from spa.select import DEFAULT_ROUND_TO, check_ratio, select_channels
-from spa.verify import verify_pruned
+from spa.save import save_model
+from spa.score import Scores, Scoring, measurable_layers, score_groups
+from spa.select import DEFAULT_ROUND_TO, Selection, choose, removal_counts
+from spa.verify import verify_equivalent, verify_pruned
+
+SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
+TARGET_MAX_RATIO = 0.95  # --target-macs/--target-params search the ratio up to this
+TARGET_SEARCH_STEPS = 12
 
 
 @dataclass
@@ -37,27 +47,57 @@ def inspect(source: ModelSource, ignore: tuple[str, ...] | list[str] = ()) -> An
     return _analyze(load_model(source), tuple(ignore))
 
 
-def prune(source: ModelSource, ratio: float, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
+@dataclass
+class Plan:
+    """What one prune call asks for, besides the model."""
+    scoring: Scoring
+    selection: Selection
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    include_inexact: bool = False
+    ignore: tuple[str, ...] = ()
+    target: tuple[str, float] | None = None  # ("macs" | "params", fraction of the original)
+    correct_stats: bool = False
+
+
+def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
           min_keep: int = 1, ignore: tuple[str, ...] | list[str] = (), seed: int = 0,
           include_inexact: bool = False, verify: bool = True,
           targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS, output: str | Path | None = None,
-          write_unchanged: bool = True) -> PruneResult:
-    """Remove floor(ratio*C) channels (rounded, see `select.kept_count`) from every
-    prunable group of the `targets` kinds. The result is checked with onnx.checker and run
-    in onnxruntime; with `output` it is written there (atomically, after the check; weights
-    stay external if they were), unless nothing is prunable and not `write_unchanged`."""
-    _check_arguments(ratio, round_to, min_keep, targets)
+          write_unchanged: bool = True, *, scope: str = "local", max_ratio: float = 0.9,
+          reduce: str = "sum", normalize: str = "mean", target_macs: float | None = None,
+          target_params: float | None = None, steps: int = 1, calib: str | Path | Calibration | None = None,
+          calib_samples: int | None = None, correct_stats: bool | None = None,
+          damping: float = DEFAULT_DAMPING) -> PruneResult:
+    """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
+    group (scope "local"), or of all channels ranked together (scope "global"), or as
+    many as it takes to bring MACs or parameters down to `target_macs`/`target_params`
+    of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
+    correction (on by default with `calib`) run calibration data, or synthetic inputs
+    without it. The result is checked with onnx.checker and run in onnxruntime; with
+    `output` it is written there (atomically, after the check; weights stay external if
+    they were), unless nothing is prunable and not `write_unchanged`."""
+    target = _target(target_macs, target_params)
+    plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
+                Selection(ratio, scope, round_to, min_keep, max_ratio), tuple(targets), include_inexact,
+                tuple(ignore), target, correct_stats if correct_stats is not None else calib is not None)
+    _check_arguments(plan, steps)
     loaded = load_model(source)
     if loaded.external and verify and output is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
-    analysis = _analyze(loaded, tuple(ignore))
-    scores = score_groups(analysis, criterion, seed)
-    removed = select_channels(analysis, scores, ratio, round_to, min_keep, include_inexact, tuple(targets))
-    rewrite(analysis, removed)
-    pruned = export(analysis.graph, loaded.model)
-    report = _report(analysis, removed, scores, loaded.model, pruned, criterion, ratio)
+    calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
+    current, history = loaded, []
+    for step in range(1, steps + 1):
+        step_plan = _step_plan(plan, step, steps, loaded.model, current.model)
+        pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify)
+        history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
+                        "channels_removed": sum(map(len, removed.values()))})
+        current = Loaded(pruned, loaded.base_dir, None)
+    report = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
     result = PruneResult(pruned, analysis, removed, report)
-    if output is not None and (write_unchanged or analysis.prunable_groups(include_inexact, tuple(targets))):
+    if verify and masked is not None:
+        verify_equivalent(masked, pruned, calibration)
+    prunable = analysis.prunable_groups(include_inexact, tuple(targets))
+    if output is not None and (write_unchanged or prunable):
         check = (lambda path: verify_pruned(loaded, path, seed)) if verify else None
         report["max_output_difference"] = save_model(pruned, Path(output), loaded.external, loaded.base_dir, check)
         result.written = Path(output)
@@ -66,13 +106,136 @@ def prune(source: ModelSource, ratio: float, criterion: str = "l2", round_to: in
     return result
 
 
-def _check_arguments(ratio: float, round_to: int, min_keep: int, targets) -> None:
-    check_ratio(ratio)
-    if round_to < 1 or min_keep < 1:
-        raise SpaError("--round-to and --min-keep must be at least 1")
-    unknown_targets = set(targets) - set(KINDS)
+def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
+    if target_macs is not None and target_params is not None:
+        raise SpaError("give --target-macs or --target-params, not both")
+    for name, value in (("macs", target_macs), ("params", target_params)):
+        if value is not None:
+            if not 0 < value <= 1:
+                raise SpaError(f"--target-{name} must be a fraction in (0, 1], got {value}")
+            return name, value
+    return None
+
+
+def _check_arguments(plan: Plan, steps: int) -> None:
+    plan.scoring.check()
+    plan.selection.check()
+    if steps < 1:
+        raise SpaError(f"--steps must be at least 1, got {steps}")
+    unknown_targets = set(plan.targets) - set(KINDS)
     if unknown_targets:
         raise SpaError(f"unknown target {sorted(unknown_targets)[0]!r} (choose from {', '.join(KINDS)})")
+
+
+def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None, seed: int) -> Calibration | None:
+    if isinstance(calib, Calibration):
+        return calib
+    if calib is not None:
+        return load_calibration(calib, model, samples)
+    if plan.scoring.needs_data or plan.correct_stats:
+        return synthetic_calibration(model, samples or SYNTHETIC_SAMPLES, seed)
+    return None
+
+
+def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, current: onnx.ModelProto) -> Plan:
+    """Step k of n reaches k/n of the way: the ratio of what is left now, or the target
+    relative to the current model."""
+    if plan.target is None:
+        done, goal = plan.selection.ratio * (step - 1) / steps, plan.selection.ratio * step / steps
+        return replace(plan, selection=replace(plan.selection, ratio=1 - (1 - goal) / (1 - done)))
+    metric, fraction = plan.target
+    goal = 1 - (1 - fraction) * step / steps
+    now = summarize(current)[metric] / max(summarize(original)[metric], 1)
+    return replace(plan, target=(metric, min(1.0, goal / now)))
+
+
+def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool):
+    """One round: analyze, score, count, pick (compensating), correct, rewrite."""
+    graph, analysis, added = _prepared_analysis(loaded, plan)
+    ir_version = loaded.model.ir_version
+    groups = analysis.prunable_groups(plan.include_inexact, plan.targets)
+    ranked = plan.selection.scope == "global" or plan.target is not None  # counts depend on scores
+    scores = score_groups(graph, groups, plan.scoring, calibration if ranked else None, ir_version)
+    scored = [g for g in groups if g.id not in scores.unscored]
+    counts = _counts(loaded, plan, scored, scores)
+    corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
+    reference = output_moments(graph, corrected, calibration, ir_version) if corrected else {}
+    removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version)
+    if corrected:
+        correct_statistics(graph, corrected, reference, _removed_outputs(analysis, removed, corrected),
+                           calibration, ir_version)
+    exact = all(g.exact for g in scored if removed.get(g.id))
+    masked = export(graph, loaded.model) if verify and exact and not loaded.external and removed else None
+    rewrite(analysis, removed)
+    drop_zero_biases(graph, added)
+    return export(graph, loaded.model), analysis, removed, scores, masked
+
+
+def _prepared_analysis(loaded: Loaded, plan: Plan) -> tuple[gs.Graph, Analysis, list[str]]:
+    """The graph (with zero biases where compensation or correction may need them) and its analysis."""
+    graph = import_graph(loaded)
+    _check_ignored(graph, plan.ignore)
+    repairs = plan.scoring.criterion in COMPENSATING or plan.correct_stats
+    added = add_zero_biases(graph) if repairs else []
+    return graph, analyze(graph, _default_opset(loaded.model), plan.ignore), added
+
+
+def _counts(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores) -> dict[int, int]:
+    if plan.target is None:
+        return removal_counts(groups, scores.values, plan.selection)
+    return _counts_for_target(loaded, plan, groups, scores)
+
+
+def _counts_for_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores) -> dict[int, int]:
+    """Bisect the ratio until the pruned model's MACs or params reach the target fraction.
+    Only how many channels each group loses changes the cost, not which: each trial
+    prunes a fresh copy of the graph by position."""
+    metric, fraction = plan.target
+    goal = fraction * summarize(loaded.model)[metric]
+    low, high = 0.0, TARGET_MAX_RATIO
+    counts_at = lambda ratio: removal_counts(groups, scores.values, replace(plan.selection, ratio=ratio))
+    if _metric_after(loaded, plan, counts_at(0.0), metric) <= goal:
+        return counts_at(0.0)
+    for _ in range(TARGET_SEARCH_STEPS):
+        middle = (low + high) / 2
+        if _metric_after(loaded, plan, counts_at(middle), metric) <= goal:
+            high = middle
+        else:
+            low = middle
+    return counts_at(high)
+
+
+def _metric_after(loaded: Loaded, plan: Plan, counts: dict[int, int], metric: str) -> int:
+    graph, analysis, added = _prepared_analysis(loaded, plan)
+    groups = {g.id: g for g in analysis.groups}
+    removed = {gid: choose(groups[gid], np.zeros(groups[gid].size), count) for gid, count in counts.items()}
+    rewrite(analysis, removed)
+    drop_zero_biases(graph, added)
+    return summarize(export(graph, loaded.model))[metric]
+
+
+def _corrected_layers(graph: gs.Graph, groups: list[Group], counts: dict[int, int]) -> list[LinearLayer]:
+    """The linear layers reading channels that will be removed (one entry per node)."""
+    layers: dict[str, LinearLayer] = {}
+    for group in groups:
+        if counts.get(group.id, 0) > 0:
+            for layer, _ in measurable_layers(graph, group)[0]:
+                layers.setdefault(layer.node.name, layer)
+    return list(layers.values())
+
+
+def _removed_outputs(analysis: Analysis, removed: dict[int, list[int]],
+                     layers: list[LinearLayer]) -> dict[str, set[int]]:
+    """Per layer: output positions removed by the groups its weight makes."""
+    positions: dict[tuple[str, int], set[int]] = {}
+    groups = {g.id: g for g in analysis.groups}
+    for gid, channels in removed.items():
+        for member in groups[gid].members:
+            if member.producer:
+                taken = positions.setdefault((member.initializer, member.axis), set())
+                taken.update(p for c in channels for p in member.index[c])
+    return {layer.node.name: positions.get((layer.weight.name, layer.weight_output_axis), set())
+            for layer in layers}
 
 
 def _analyze(loaded: Loaded, ignore: tuple[str, ...]) -> Analysis:
@@ -123,18 +286,22 @@ def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto)
     model.graph.value_info.extend(kept)
 
 
-def _report(analysis: Analysis, removed: dict[int, list[int]], scores: dict[int, np.ndarray],
-            original: onnx.ModelProto, pruned: onnx.ModelProto, criterion: str, ratio: float) -> dict:
+def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
+            pruned: onnx.ModelProto, plan: Plan, calibration: Calibration | None, history: list[dict]) -> dict:
     groups = []
     for group in analysis.groups:
+        reasons = group.reasons + ([scores.unscored[group.id]] if group.id in scores.unscored else [])
         entry = {"id": group.id, "name": group.name, "kind": group.kind, "size": group.size,
                  "removed": removed.get(group.id, []),
                  "kept": group.size - len(removed.get(group.id, [])),
-                 "prunable": group.prunable, "exact": group.exact,
-                 "reason": "; ".join(group.reasons) or None}
-        if group.id in scores:
-            entry["scores"] = [round(float(s), 6) for s in scores[group.id]]
+                 "prunable": group.prunable and group.id not in scores.unscored, "exact": group.exact,
+                 "reason": "; ".join(reasons) or None}
+        if group.id in scores.values:
+            entry["scores"] = [round(float(s), 6) for s in scores.values[group.id]]
         groups.append(entry)
-    return {"criterion": criterion, "ratio": ratio, "groups": groups,
-            "before": summarize(original), "after": summarize(pruned),
+    return {"criterion": plan.scoring.criterion, "ratio": plan.selection.ratio, "scope": plan.selection.scope,
+            "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
+            "calibration": None if calibration is None else {"source": calibration.source,
+                                                             "samples": calibration.samples},
+            "groups": groups, "before": summarize(original), "after": summarize(pruned),
             "max_output_difference": None}

@@ -13,8 +13,9 @@ from spa.api import inspect, prune
 from spa.errors import SpaError
 from spa.report import inspect_table, prune_summary
 from spa.save import check_writable
-from spa.score import CRITERIA
-from spa.select import DEFAULT_ROUND_TO
+from spa.obs import DEFAULT_DAMPING
+from spa.score import CRITERIA, NORMALIZATIONS, REDUCTIONS
+from spa.select import DEFAULT_ROUND_TO, SCOPES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
 
@@ -46,6 +47,16 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
@@ -59,8 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("prune", help="remove channels; writes IN_STEM.pruned.onnx")
     p.add_argument("model", type=Path)
     p.add_argument("-o", "--output", type=Path)
-    p.add_argument("--ratio", type=_ratio, required=True, help="fraction of each group's channels to remove")
-    p.add_argument("--criterion", choices=CRITERIA, default="l2")
+    p.add_argument("--ratio", type=_ratio, help="fraction of each group's channels to remove (of all, with --scope global)")
+    p.add_argument("--target-macs", type=_fraction, metavar="F", help="prune until MACs are F of the original")
+    p.add_argument("--target-params", type=_fraction, metavar="F", help="prune until parameters are F of the original")
+    p.add_argument("--criterion", choices=CRITERIA, default="l2", help="how channels are ranked (README: Criteria)")
+    p.add_argument("--scope", choices=SCOPES, default="local",
+                   help="local: every group loses the ratio; global: one ranking across groups")
+    p.add_argument("--max-ratio", type=_fraction, default=0.9, help="global scope: most any group may lose")
+    p.add_argument("--reduce", choices=REDUCTIONS, default="sum", help="how a channel's member scores combine")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="mean", help="how a group's scores are scaled")
+    p.add_argument("--steps", type=_positive, default=1, help="reach the target in N prune-and-rescore steps")
+    p.add_argument("--calib", type=Path, metavar="DATA", help=".npz named after the inputs, or a folder of .npz/.npy")
+    p.add_argument("--calib-samples", type=_positive, metavar="N", help="use at most N calibration samples")
+    p.add_argument("--correct-stats", action=argparse.BooleanOptionalAction, default=None,
+                   help="restore output statistics of layers that lost inputs (default: on with --calib)")
+    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="nodes or initializers to keep whole")
     p.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO)
     p.add_argument("--min-keep", type=_positive, default=1)
@@ -114,18 +138,33 @@ def _prune(args: argparse.Namespace) -> int:
         check_writable(output, args.model)
     if args.report:
         check_writable(args.report, args.model)
-    result = prune(args.model, args.ratio, args.criterion, args.round_to, args.min_keep,
+    if (args.ratio is None) == (args.target_macs is None and args.target_params is None):
+        raise UsageError("give one of --ratio, --target-macs, --target-params (see spa prune --help)")
+    result = prune(args.model, args.ratio or 0.0, args.criterion, args.round_to, args.min_keep,
                    args.ignore, args.seed, args.include_inexact, targets=args.target,
-                   output=output, write_unchanged=args.write_unchanged)
+                   output=output, write_unchanged=args.write_unchanged, scope=args.scope,
+                   max_ratio=args.max_ratio, reduce=args.reduce, normalize=args.normalize,
+                   target_macs=args.target_macs, target_params=args.target_params, steps=args.steps,
+                   calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
+                   damping=args.damping)
     if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
               f"(see `spa inspect {args.model}`); nothing written")
         return 0
     if args.report:
         _write_json(args.report, result.report)
-    print(f"spa: pruned {args.model} -> {output} ({args.criterion}, ratio {args.ratio}, round-to {args.round_to})")
+    print(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
     print(prune_summary(result.report))
     return 0
+
+
+def _how(args: argparse.Namespace, report: dict) -> str:
+    goal = (f"ratio {args.ratio}" if args.ratio is not None else
+            f"target {'macs' if args.target_macs else 'params'} {args.target_macs or args.target_params}")
+    calibration = report["calibration"]
+    data = f", calibration {calibration['source']} ({calibration['samples']} samples)" if calibration else ""
+    stats = ", statistics corrected" if report["correct_stats"] else ""
+    return f"{args.criterion}, {args.scope} {goal}, round-to {args.round_to}{data}{stats}"
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -1,46 +1,186 @@
 """Stage 3, score: how important each channel of a group is (higher = keep).
 
-Magnitude criteria sum, over the group's weight members, the norm of each channel's
-slices: producer rows, consumer columns, biases and normalization scale/shift. Running
-mean and variance (statistics) and constant divisors are not weights and are left out.
+Every criterion gathers one score per channel from each member of the group (a weight
+slice, a BatchNorm scale, or a consumer layer measured on calibration data), reduces
+them over members (sum by default, or mean or max), and normalizes the result so groups
+of different kinds and sizes can be ranked together (divided by the group's mean score
+by default). See README.md, "Criteria", for each criterion's formula and cost.
 """
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from spa.analyze import Analysis, Group, Member
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa import obs
+from spa.analyze import Group, Member
+from spa.calib import Calibration
+from spa.collect import Hessian, Moments, collect
 from spa.errors import SpaError
+from spa.layers import LinearLayer, consumer_layers
 from spa.load import read_values
 
-CRITERIA = ("l1", "l2", "random")
+MAGNITUDE_CRITERIA = ("random", "l1", "l2", "bn-scale")
+DATA_CRITERIA = ("activation", "fluctuation", "obs", "greedy")  # need calibration data
+CRITERIA = MAGNITUDE_CRITERIA + DATA_CRITERIA
+REDUCTIONS = ("sum", "mean", "max")
+NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
 
 
-def score_groups(analysis: Analysis, criterion: str, seed: int = 0) -> dict[int, np.ndarray]:
-    """Per prunable group id: one score per channel."""
-    if criterion not in CRITERIA:
-        raise SpaError(f"unknown criterion '{criterion}' (choose from {', '.join(CRITERIA)})")
-    rng = np.random.default_rng(seed)
-    tensors = analysis.graph.tensors()
-    scores = {}
-    for group in analysis.groups:
-        if criterion == "random":
-            scores[group.id] = rng.random(group.size)
-        else:
-            scores[group.id] = magnitude(group, tensors, criterion)
-    return scores
+@dataclass
+class Scoring:
+    """How to score: the criterion and how member scores become one group score."""
+    criterion: str = "l2"
+    reduce: str = "sum"
+    normalize: str = "mean"
+    seed: int = 0
+    damping: float = obs.DEFAULT_DAMPING
+
+    def check(self) -> None:
+        for value, choices, what in ((self.criterion, CRITERIA, "criterion"), (self.reduce, REDUCTIONS, "reduction"),
+                                     (self.normalize, NORMALIZATIONS, "normalization")):
+            if value not in choices:
+                raise SpaError(f"unknown {what} '{value}' (choose from {', '.join(choices)})")
+
+    @property
+    def needs_data(self) -> bool:
+        return self.criterion in DATA_CRITERIA
 
 
-def magnitude(group: Group, tensors: dict, norm: str) -> np.ndarray:
-    power = 1 if norm == "l1" else 2
-    total = np.zeros(group.size)
-    for member in group.members:
-        if member.role != "weight":
+@dataclass
+class Scores:
+    values: dict[int, np.ndarray]  # group id -> one normalized score per channel
+    unscored: dict[int, str]  # group id -> why the criterion cannot score it (kept whole)
+
+
+def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring,
+                 calibration: Calibration | None = None, ir_version: int = 8) -> Scores:
+    """Score every group in `groups`. Data criteria run `calibration` through `graph`
+    once; without it they only find which groups they cannot score (the values then
+    come from the pruning pass, measured group by group)."""
+    scoring.check()
+    rng = np.random.default_rng(scoring.seed)
+    readers = _readers(graph)
+    measured = {}
+    if scoring.needs_data and calibration is not None:
+        layers = [layer for group in groups for layer, _ in measurable_layers(graph, group)[0]]
+        measured = measure(graph, layers, scoring.criterion, calibration, ir_version)
+    values, unscored = {}, {}
+    for group in groups:
+        if scoring.criterion == "random":
+            values[group.id] = rng.random(group.size)
             continue
-        total += _member_powers(member, read_values(tensors[member.initializer]), power)
-    return total if power == 1 else np.sqrt(total)
+        if scoring.needs_data and calibration is None:
+            problem = measurable_layers(graph, group)[1]
+            if problem:
+                unscored[group.id] = f"{scoring.criterion}: {problem}"
+            continue
+        per_member, problem = _member_scores(graph, group, scoring, readers, measured)
+        if problem:
+            unscored[group.id] = f"{scoring.criterion}: {problem}"
+        else:
+            values[group.id] = normalize(reduce(per_member, scoring.reduce), scoring.normalize)
+    return Scores(values, unscored)
 
 
-def _member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:
+def reduce(per_member: list[np.ndarray], how: str) -> np.ndarray:
+    stacked = np.stack(per_member)
+    return {"sum": stacked.sum, "mean": stacked.mean, "max": stacked.max}[how](axis=0)
+
+
+def normalize(scores: np.ndarray, how: str) -> np.ndarray:
+    if how == "none":
+        return scores
+    if how == "standard":
+        spread = scores.std()
+        return (scores - scores.mean()) / spread if spread > 0 else scores - scores.mean()
+    scale = {"mean": scores.mean, "max": scores.max, "sum": scores.sum}[how]()
+    return scores / scale if scale > 0 else scores
+
+
+def measurable_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearLayer, Member]], str | None]:
+    """The group's consumer layers, or why data criteria cannot measure the group."""
+    layers, problems = consumer_layers(graph, group)
+    if problems:
+        return [], problems[0]
+    if not layers:
+        return [], "no linear layer reads these channels"
+    return layers, None
+
+
+def measure(graph: gs.Graph, layers: list[LinearLayer], criterion: str, calibration: Calibration | None,
+            ir_version: int) -> dict[str, Moments | Hessian]:
+    """Per layer (by node name): its input's moments, or its Hessian for obs and greedy."""
+    if calibration is None:
+        raise SpaError(f"criterion '{criterion}' needs calibration data")
+    accumulators: dict[str, Moments | Hessian] = {}
+    by_tensor: dict[str, list] = {}
+    for layer in layers:
+        if layer.node.name in accumulators:
+            continue
+        if criterion in ("obs", "greedy"):
+            accumulator = Hessian(layer.features)
+        else:
+            accumulator = Moments(1 if layer.node.op == "Conv" else -1)
+        accumulators[layer.node.name] = accumulator
+        by_tensor.setdefault(layer.input.name, []).append(accumulator)
+    collect(graph, calibration, by_tensor, ir_version, label=f"{criterion} statistics")
+    return accumulators
+
+
+def _member_scores(graph: gs.Graph, group: Group, scoring: Scoring, readers: dict, measured: dict
+                   ) -> tuple[list[np.ndarray], str | None]:
+    criterion = scoring.criterion
+    tensors = graph.tensors()
+    if criterion in ("l1", "l2"):
+        power = 1 if criterion == "l1" else 2
+        return [member_powers(m, read_values(tensors[m.initializer]), power)
+                for m in group.members if m.role == "weight"], None
+    if criterion == "bn-scale":
+        scales = [m for m in group.members if any(n.op == "BatchNormalization" and n.inputs[1].name == m.initializer
+                                                  for n in readers.get(m.initializer, []))]
+        if not scales:
+            return [], "no BatchNormalization scale in this group"
+        return [member_powers(m, read_values(tensors[m.initializer]), 1) for m in scales], None
+    layers, problem = measurable_layers(graph, group)
+    if problem:
+        return [], problem
+    return [layer_scores(criterion, layer, member, measured[layer.node.name], scoring.damping)
+            for layer, member in layers], None
+
+
+def layer_scores(criterion: str, layer: LinearLayer, member: Member, measured: Moments | Hessian,
+                 damping: float) -> np.ndarray:
+    """One consumer layer's score for each channel of `member`'s group."""
+    if criterion == "activation":
+        return np.array([measured.mean_abs[index].mean() for index in member.index])
+    matrix = layer.matrix()
+    columns = layer.columns(member)
+    if criterion == "fluctuation":  # FLAP: Var(x_c) * ||W[:, c]||^2, kernel columns included
+        column_variance = column_values(layer, measured.variance)
+        return np.array([(column_variance[cols] * np.square(matrix[:, cols]).sum(axis=0)).sum() for cols in columns])
+    problem = [obs.Layer(matrix, measured.matrix, columns)]
+    if criterion == "obs":
+        return obs.obs_costs(problem, damping)
+    return obs.greedy_gains(problem, damping)
+
+
+def column_values(layer: LinearLayer, per_position: np.ndarray) -> np.ndarray:
+    """A per-input-position statistic spread over the layer's matrix columns (a Conv has
+    one column per kernel position of each input channel)."""
+    return np.repeat(per_position, int(np.prod(layer.kernel, dtype=np.int64)))
+
+
+def _readers(graph: gs.Graph) -> dict[str, list[gs.Node]]:
+    readers: dict[str, list[gs.Node]] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            readers.setdefault(tensor.name, []).append(node)
+    return readers
+
+
+def member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:
     """Sum of |w|^power over each channel's slice of one member."""
     magnitudes = np.abs(values) if power == 1 else np.square(values)
     if member.within is None:

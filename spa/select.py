@@ -1,34 +1,44 @@
-"""Stage 4, select: which channels of each group to remove."""
+"""Stage 4, select: how many channels each group loses, and which.
+
+`removal_counts` turns a ratio into a count per group: `local` scope takes the ratio of
+every group, `global` scope ranks every channel of every group by normalized score and
+removes the lowest until the ratio of all channel widths is reached, never more than
+`max_ratio` of a group. `choose` then picks the lowest-scoring channels of a group;
+criteria that pick as they compensate (obs, greedy) use `removal_rule`/`keep_rule`
+instead, which enforce the same constraints: a grouped Conv's segments lose equally,
+and every piece (a Split output) keeps a channel.
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from spa.analyze import DEFAULT_TARGETS, Analysis, Group
+from spa.analyze import Group
 from spa.errors import SpaError
 
 DEFAULT_ROUND_TO = 16  # tools/bench_widths.py: only multiples of 16 track MACs on AVX-512
+SCOPES = ("local", "global")
 
 
-def kept_count(size: int, ratio: float, round_to: int = 1, min_keep: int = 1) -> int:
-    """Channels kept of `size`: size - floor(ratio*size), rounded to the nearest multiple
-    of `round_to` (never zero, never above size), and at least `min_keep`."""
-    kept = size - math.floor(ratio * size + 1e-9)
-    if round_to > 1 and kept < size:
-        kept = min(size, max(round_to, round_to * math.floor(kept / round_to + 0.5)))
-    return min(size, max(kept, min_keep, 1))
+@dataclass
+class Selection:
+    ratio: float
+    scope: str = "local"
+    round_to: int = DEFAULT_ROUND_TO
+    min_keep: int = 1
+    max_ratio: float = 0.9  # global scope: no group loses more than this
 
-
-def select_channels(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float,
-                    round_to: int = 1, min_keep: int = 1, include_inexact: bool = False,
-                    targets: tuple[str, ...] = DEFAULT_TARGETS) -> dict[int, list[int]]:
-    """Per group id, the channel indices to remove (lowest scores first)."""
-    check_ratio(ratio)
-    removed = {}
-    for group in analysis.prunable_groups(include_inexact, targets):
-        removed[group.id] = _remove_from_group(group, scores[group.id], ratio, round_to, min_keep)
-    return removed
+    def check(self) -> None:
+        check_ratio(self.ratio)
+        if self.scope not in SCOPES:
+            raise SpaError(f"unknown scope '{self.scope}' (choose from {', '.join(SCOPES)})")
+        if self.round_to < 1 or self.min_keep < 1:
+            raise SpaError("--round-to and --min-keep must be at least 1")
+        if not 0 < self.max_ratio <= 1:
+            raise SpaError(f"--max-ratio must be in (0, 1], got {self.max_ratio}")
 
 
 def check_ratio(ratio: float) -> None:
@@ -36,18 +46,81 @@ def check_ratio(ratio: float) -> None:
         raise SpaError(f"ratio must be in [0, 1), got {ratio}")
 
 
-def _remove_from_group(group: Group, scores: np.ndarray, ratio: float, round_to: int,
-                       min_keep: int) -> list[int]:
-    round_to //= math.gcd(round_to, group.width)  # a head of width 64 is 64 columns already
+def kept_count(size: int, ratio: float, round_to: int = 1, min_keep: int = 1) -> int:
+    """Channels kept of `size`: size - floor(ratio*size), rounded to the nearest multiple
+    of `round_to` (never zero, never above size), and at least `min_keep`."""
+    return _rounded(size, size - math.floor(ratio * size + 1e-9), round_to, min_keep)
+
+
+def _rounded(size: int, kept: int, round_to: int, min_keep: int) -> int:
+    if round_to > 1 and kept < size:
+        kept = min(size, max(round_to, round_to * math.floor(kept / round_to + 0.5)))
+    return min(size, max(kept, min_keep, 1))
+
+
+def removal_counts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> dict[int, int]:
+    """Per group id: how many channels to remove."""
+    selection.check()
+    if selection.scope == "local":
+        return {g.id: _local_count(g, selection.ratio, selection) for g in groups}
+    return _global_counts(groups, scores, selection)
+
+
+def _unit(group: Group, round_to: int) -> int:
+    return round_to // math.gcd(round_to, group.width)  # a head of width 64 is 64 columns already
+
+
+def _local_count(group: Group, ratio: float, selection: Selection) -> int:
+    round_to = _unit(group, selection.round_to)
     if group.segments is None:
-        keep = kept_count(group.size, ratio, round_to, min_keep)
-        return _lowest(scores, list(range(group.size)), group.size - keep, group.pieces)
+        return group.size - kept_count(group.size, ratio, round_to, selection.min_keep)
     parts = len(group.segments)
     unit = round_to // math.gcd(round_to, parts)  # kept per segment, so the total is a multiple
-    keep = kept_count(len(group.segments[0]), ratio, unit, math.ceil(min_keep / parts))
-    per_segment = [_lowest(scores, segment, len(segment) - keep, group.pieces) for segment in group.segments]
-    count = min(len(removed) for removed in per_segment)  # pieces may forbid some: stay balanced
-    return sorted(c for removed in per_segment for c in _lowest(scores, removed, count, []))
+    per_segment = len(group.segments[0])
+    keep = kept_count(per_segment, ratio, unit, math.ceil(selection.min_keep / parts))
+    return (per_segment - keep) * parts
+
+
+def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> dict[int, int]:
+    """Lowest normalized scores first across groups, weighted by channel width, until
+    `ratio` of the total width is gone; then each count rounded like a local one."""
+    limit = {g.id: g.size - max(selection.min_keep, math.ceil(g.size * (1 - selection.max_ratio) - 1e-9), 1)
+             for g in groups}
+    width = {g.id: g.width for g in groups}
+    target = selection.ratio * sum(g.size * g.width for g in groups)
+    ranked = sorted((float(score), g.id) for g in groups for score in scores[g.id])
+    taken = {g.id: 0 for g in groups}
+    removed_width = 0.0
+    for _, gid in ranked:
+        if removed_width >= target - 1e-9:
+            break
+        if taken[gid] < limit[gid]:
+            taken[gid] += 1
+            removed_width += width[gid]
+    return {g.id: _rounded_count(g, taken[g.id], selection) for g in groups}
+
+
+def _rounded_count(group: Group, count: int, selection: Selection) -> int:
+    if count == 0:
+        return 0
+    round_to = _unit(group, selection.round_to)
+    parts = len(group.segments) if group.segments is not None else 1
+    per_segment = group.size // parts
+    unit = round_to // math.gcd(round_to, parts)
+    keep = _rounded(per_segment, per_segment - count // parts, unit, math.ceil(selection.min_keep / parts))
+    return (per_segment - keep) * parts
+
+
+def choose(group: Group, scores: np.ndarray, count: int) -> list[int]:
+    """The `count` lowest-scoring channels the group's constraints allow."""
+    if count <= 0:
+        return []
+    if group.segments is None:
+        return _lowest(scores, list(range(group.size)), count, group.pieces)
+    per = count // len(group.segments)
+    per_segment = [_lowest(scores, segment, per, group.pieces) for segment in group.segments]
+    balanced = min(len(removed) for removed in per_segment)  # pieces may forbid some: stay balanced
+    return sorted(c for removed in per_segment for c in _lowest(scores, removed, balanced, []))
 
 
 def _lowest(scores: np.ndarray, channels: list[int], count: int, pieces: list[list[int]]) -> list[int]:
@@ -57,10 +130,7 @@ def _lowest(scores: np.ndarray, channels: list[int], count: int, pieces: list[li
 
 def removable_in_order(candidates: list[int], count: int, pieces: list[list[int]]) -> list[int]:
     left = [len(piece) for piece in pieces]
-    owners: dict[int, list[int]] = {}
-    for p, piece in enumerate(pieces):
-        for channel in piece:
-            owners.setdefault(channel, []).append(p)
+    owners = _piece_owners(pieces)
     removed = []
     for channel in candidates:
         if len(removed) == count:
@@ -70,3 +140,46 @@ def removable_in_order(candidates: list[int], count: int, pieces: list[list[int]
             for p in owners.get(channel, []):
                 left[p] -= 1
     return sorted(removed)
+
+
+def _piece_owners(pieces: list[list[int]]) -> dict[int, list[int]]:
+    owners: dict[int, list[int]] = {}
+    for p, piece in enumerate(pieces):
+        for channel in piece:
+            owners.setdefault(channel, []).append(p)
+    return owners
+
+
+def _segment_of(group: Group) -> dict[int, int]:
+    return {c: s for s, segment in enumerate(group.segments or [list(range(group.size))]) for c in segment}
+
+
+def removal_rule(group: Group, count: int) -> Callable[[int, set[int]], bool]:
+    """For criteria removing channels one by one: may `channel` go, given `removed`?"""
+    segment_of = _segment_of(group)
+    quota = count // len(group.segments) if group.segments is not None else count
+    owners = _piece_owners(group.pieces)
+
+    def eligible(channel: int, removed: set[int]) -> bool:
+        segment = segment_of[channel]
+        if sum(segment_of[c] == segment for c in removed) >= quota:
+            return False
+        return all(len(set(group.pieces[p]) - removed) > 1 for p in owners.get(channel, []))
+    return eligible
+
+
+def keep_rule(group: Group, count: int) -> Callable[[int, set[int]], bool]:
+    """For criteria adding kept channels one by one: may `channel` be kept next, given
+    `kept`? Leaves room for one channel of every piece not yet covered."""
+    segment_of = _segment_of(group)
+    parts = len(group.segments) if group.segments is not None else 1
+    keep = group.size - count
+    quota = keep // parts
+
+    def eligible(channel: int, kept: set[int]) -> bool:
+        segment = segment_of[channel]
+        if sum(segment_of[c] == segment for c in kept) >= quota:
+            return False
+        uncovered = [piece for piece in group.pieces if not kept.intersection(piece)]
+        return keep - len(kept) > len(uncovered) or any(channel in piece for piece in uncovered)
+    return eligible

@@ -1,0 +1,96 @@
+"""Statistics correction: after pruning, give each layer whose inputs lost channels the
+output mean and variance it had before, per kept output channel.
+
+For an output channel with mean/std (mu0, s0) before pruning and (mu1, s1) after, on the
+same calibration data, with r = s1 / s0:
+- a BatchNormalization reading the layer gets running statistics that map the new
+  distribution onto the old one: std' = std * r, mean' = mu1 - (mu0 - mean) * r;
+- otherwise (BatchNorm folded into the layer by the exporter) the layer's row is scaled
+  by 1/r and its bias shifted: y' = (y - mu1) / r + mu0.
+Safeguards: r is clipped to [0.1, 10]; where either std is below 1e-8 of the other's
+scale (a channel dead before or after), only the mean is restored. Layers are corrected
+in graph order, each measured after the ones upstream of it were corrected.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.calib import Calibration
+from spa.collect import Moments, collect
+from spa.layers import LinearLayer
+from spa.load import read_values
+
+RATIO_LIMITS = (0.1, 10.0)
+
+
+def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration,
+                   ir_version: int) -> dict[str, Moments]:
+    """Per layer (by node name): mean and variance of each output channel."""
+    moments = {layer.node.name: Moments(layer.output_axis) for layer in layers}
+    by_tensor: dict[str, list] = {}
+    for layer in layers:
+        by_tensor.setdefault(layer.output.name, []).append(moments[layer.node.name])
+    collect(graph, calibration, by_tensor, ir_version, label="output statistics")
+    return moments
+
+
+def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: dict[str, Moments],
+                       removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int) -> int:
+    """Restore every layer's kept output channels' moments; returns how many layers changed."""
+    position = {id(node): i for i, node in enumerate(graph.nodes)}
+    corrected = 0
+    for layer in sorted(layers, key=lambda item: position[id(item.node)]):
+        now = output_moments(graph, [layer], calibration, ir_version)[layer.node.name]
+        before = reference[layer.node.name]
+        kept = np.setdiff1d(np.arange(len(before.mean)), sorted(removed_outputs.get(layer.node.name, ())))
+        ratio = _std_ratio(before.variance, now.variance)
+        norm = _following_batchnorm(layer)
+        if norm is not None:
+            _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
+        elif layer.bias is not None:
+            _restore_rows(layer, before.mean, now.mean, ratio, kept)
+        else:
+            continue
+        corrected += 1
+    return corrected
+
+
+def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray) -> np.ndarray:
+    """s1 / s0 per channel, 1 where either is (near) zero, clipped to RATIO_LIMITS."""
+    before, after = np.sqrt(variance_before), np.sqrt(variance_after)
+    tiny = 1e-8 * max(float(before.max(initial=0.0)), 1e-30)
+    usable = (before > tiny) & (after > tiny)
+    ratio = np.ones_like(before)
+    ratio[usable] = after[usable] / before[usable]
+    return np.clip(ratio, *RATIO_LIMITS)
+
+
+def _following_batchnorm(layer: LinearLayer) -> gs.Node | None:
+    readers = layer.output.outputs
+    if len(readers) == 1 and readers[0].op == "BatchNormalization" and readers[0].inputs[0] is layer.output \
+            and all(isinstance(t, gs.Constant) for t in readers[0].inputs[1:5]):
+        return readers[0]
+    return None
+
+
+def _restore_batchnorm(norm: gs.Node, mean_before: np.ndarray, mean_after: np.ndarray,
+                       ratio: np.ndarray, kept: np.ndarray) -> None:
+    mean_tensor, variance_tensor = norm.inputs[3], norm.inputs[4]
+    epsilon = norm.attrs.get("epsilon", 1e-5)
+    mean = read_values(mean_tensor).astype(np.float64)
+    std = np.sqrt(read_values(variance_tensor).astype(np.float64) + epsilon)
+    new_mean, new_std = mean.copy(), std.copy()
+    new_std[kept] = std[kept] * ratio[kept]
+    new_mean[kept] = mean_after[kept] - (mean_before[kept] - mean[kept]) * ratio[kept]
+    mean_tensor.values = new_mean.astype(read_values(mean_tensor).dtype)
+    variance_tensor.values = np.maximum(np.square(new_std) - epsilon, 0).astype(read_values(variance_tensor).dtype)
+
+
+def _restore_rows(layer: LinearLayer, mean_before: np.ndarray, mean_after: np.ndarray,
+                  ratio: np.ndarray, kept: np.ndarray) -> None:
+    matrix = layer.matrix()
+    scale = 1 / ratio[kept]
+    matrix[kept] *= scale[:, None]
+    matrix[kept, -1] += mean_before[kept] - scale * mean_after[kept]
+    layer.set_matrix(matrix)

@@ -1,0 +1,286 @@
+"""Optimal-Brain-Surgeon structured pruning with weight compensation, and forward selection.
+
+A layer computes y = W x with W of shape [out, n]; calibration inputs X (n x samples) give
+the Hessian H = X X^T of the output error E(W') = ||W X - W' X||^2 = tr((W - W') H (W - W')^T).
+Channel c owns the columns q = blocks[c]. Deleting it (W'_q = 0) while letting every other
+column compensate optimally raises E by
+
+    tr(W_q (Hinv_qq)^-1 W_q^T),    Hinv = H^-1,
+
+and the optimal compensation, followed by the update of Hinv to the inverse of the Hessian
+of the remaining columns, is
+
+    W    <- W    - W_q      (Hinv_qq)^-1 Hinv_{q,:}      (then W_{:,q} = 0 exactly)
+    Hinv <- Hinv - Hinv_{:,q} (Hinv_qq)^-1 Hinv_{q,:}.
+
+These block-elimination steps compose exactly, so any sequence of removals ends at the
+closed-form least-squares refit of the kept columns S, W'_S = W H_{:,S} H_SS^-1, whatever
+the order (`remove_channels` applies them to a given set; `obs_prune` picks the cheapest channel
+each time). `obs_costs` reports half the error increase (the usual OBS convention). A group
+of channels read by several layers is handled by summing costs over layers and removing
+the same channel from each. Columns outside every block (e.g. a constant-1 column that
+represents a bias) are never removed but do take part in compensation.
+
+`greedy_keep` is the constructive counterpart: forward selection of the channels to keep.
+It runs the same elimination on H itself, maintaining the residual covariance
+R = H - H_{:,S} H_SS^-1 H_{S,:} and A = W H - (W H)_{:,S} H_SS^-1 H_{S,:}; adding block q to
+S lowers the error by tr(A_{:,q} (R_qq)^-1 A_{:,q}^T). `greedy_gains` turns the gains of a full
+forward pass into per-channel scores; `greedy_keep` stops at `keep` channels and refits.
+
+Safeguards (`damped`):
+* Dead inputs, columns whose diagonal of H is 0 (never nonzero on the calibration data), get
+  diagonal 1 so H is invertible; their rows and columns of H stay 0, so they are decoupled from
+  the others and their weights never leak into compensation. As their weights cannot change
+  the output on the data, costs and gains ignore them (cost 0). Kept ones are left unchanged.
+* Ridge damping: damping * mean(diag H) (after the fix above) is added to the diagonal, as
+  GPTQ/SparseGPT do. It makes a rank-deficient H (duplicate or collinear inputs, fewer samples
+  than inputs) well conditioned and keeps compensation moderate; `inverse_hessian` retries
+  with 10x the damping while Cholesky still fails. damping=0 gives the exact least-squares solution but
+  needs a full-rank H. `greedy_keep` adds a further tiny ridge to R_qq so a channel that
+  duplicates a kept one has ~0 gain instead of a singular solve.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_DAMPING = 0.01
+RETRIES = 4        # Cholesky attempts after the first, each with 10x the damping
+RIDGE = 1e-9       # greedy_keep's guard on R_qq, relative to mean(diag H)
+
+
+@dataclass
+class Layer:
+    weight: np.ndarray        # [out, n] float64, updated in place by pruning
+    hessian: np.ndarray       # [n, n] float64, raw X X^T (damping is applied by the functions)
+    blocks: list[np.ndarray]  # per channel: the column indices it owns
+
+
+def damped(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Copy of H with dead inputs given diagonal 1, plus damping * mean(diag) on the diagonal."""
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+    h = np.array(hessian, dtype=np.float64)
+    h = (h + h.T) / 2
+    diag = np.diag(h).copy()
+    diag[_dead(hessian)] = 1.0
+    np.fill_diagonal(h, diag + (damping * diag.mean() if diag.size else 0.0))
+    return h
+
+
+def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Inverse of damped(H) via Cholesky, raising the damping tenfold while Cholesky fails."""
+    tried = []
+    for _ in range(RETRIES + 1):
+        try:
+            lower_inv = np.linalg.inv(np.linalg.cholesky(damped(hessian, damping)))
+            return lower_inv.T @ lower_inv
+        except np.linalg.LinAlgError:
+            tried.append(damping)
+            damping = max(damping * 10, 1e-6)
+    raise np.linalg.LinAlgError(
+        f"Hessian is not positive definite even with damping {', '.join(f'{d:g}' for d in tried)}; "
+        "check the calibration statistics for NaN/inf or a non-PSD matrix")
+
+
+def obs_costs(layers: list[Layer], damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Per channel: summed over layers, 0.5 * the output-error increase of removing it alone."""
+    channels = list(range(_channel_count(layers)))
+    hinvs = [inverse_hessian(layer.hessian, damping) for layer in layers]
+    return _costs(layers, hinvs, channels)
+
+
+def obs_prune(layers: list[Layer], count: int,
+              eligible: Callable[[int, set[int]], bool] | None = None,
+              damping: float = DEFAULT_DAMPING, max_steps: int = 64) -> list[int]:
+    """Backward elimination of `count` channels with compensation; returns the sorted removed ones.
+
+    Each step removes the ceil(count / max_steps) cheapest channels that `eligible(c, removed)`
+    allows (checked one by one against the growing removed set), then recomputes costs; stops
+    early when no channel is eligible. Weights are updated in place, removed columns exactly 0.
+    """
+    total = _channel_count(layers)
+    hinvs = [inverse_hessian(layer.hessian, damping) for layer in layers]
+    per_step = math.ceil(count / max(max_steps, 1)) if count > 0 else 0
+    removed: set[int] = set()
+    while len(removed) < min(count, total):
+        candidates = [c for c in range(total) if c not in removed]
+        costs = _costs(layers, hinvs, candidates)
+        picked = _pick(candidates, costs, min(per_step, count - len(removed)), removed, eligible)
+        if not picked:
+            break
+        for layer, hinv in zip(layers, hinvs):
+            _eliminate(layer.weight, hinv, _columns(layer.blocks, picked))
+        removed.update(picked)
+    return sorted(removed)
+
+
+def remove_channels(layers: list[Layer], channels: Iterable[int], damping: float = DEFAULT_DAMPING) -> None:
+    """Remove the given channels one at a time, in order, with OBS compensation (in place).
+
+    The result does not depend on the order: it is the least-squares refit of the kept columns
+    under damped(H) (see module docstring); use it to compensate a set chosen by another rule.
+    """
+    hinvs = [inverse_hessian(layer.hessian, damping) for layer in layers]
+    for channel in channels:
+        for layer, hinv in zip(layers, hinvs):
+            _eliminate(layer.weight, hinv, _columns(layer.blocks, [channel]))
+
+
+def greedy_keep(layers: list[Layer], keep: int,
+                eligible_keep: Callable[[int, set[int]], bool] | None = None,
+                damping: float = DEFAULT_DAMPING) -> list[int]:
+    """Forward selection of `keep` channels, then least-squares refit; returns the sorted REMOVED ones.
+
+    Each step keeps the eligible channel (`eligible_keep(c, kept)`) whose addition most reduces
+    the summed output error of the refit; stops early when none is eligible. Columns outside every
+    block are always kept. Weights become least_squares(W, damped(H), kept columns) in place.
+    """
+    total = _channel_count(layers)
+    hessians = [damped(layer.hessian, damping) for layer in layers]
+    kept = set(_forward(layers, hessians, keep, eligible_keep))
+    for layer, h in zip(layers, hessians):
+        columns = np.concatenate([_free_columns(layer), _columns(layer.blocks, sorted(kept))])
+        layer.weight[...] = least_squares(layer.weight, h, columns)
+    return sorted(set(range(total)) - kept)
+
+
+def greedy_gains(layers: list[Layer], damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Per channel (higher = keep): 0.5 * the error reduction it brought when forward selection
+    over all channels added it. Weights are not changed.
+
+    A channel that duplicates an earlier pick scores ~0; the last pick's gain equals its obs_costs.
+    """
+    gains = np.zeros(_channel_count(layers))
+    hessians = [damped(layer.hessian, damping) for layer in layers]
+    for channel, gain in _forward(layers, hessians, len(gains)).items():
+        gains[channel] = 0.5 * gain
+    return gains
+
+
+def least_squares(weight: np.ndarray, hessian: np.ndarray, kept_columns: np.ndarray) -> np.ndarray:
+    """W' with W'_S = W H_{:,S} H_SS^-1 and 0 elsewhere: minimises ||W X - W'_S X_S||^2 for H = X X^T.
+
+    H is used as given (pass damped(H) for the damped solution).
+    """
+    s = np.asarray(kept_columns, dtype=np.intp)
+    out = np.zeros(weight.shape, dtype=np.float64)
+    if s.size:
+        out[:, s] = np.linalg.solve(hessian[np.ix_(s, s)], (weight @ hessian[:, s]).T).T
+    return out
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _forward(layers: list[Layer], hessians: list[np.ndarray], keep: int,
+             eligible: Callable[[int, set[int]], bool] | None = None) -> dict[int, float]:
+    """Forward selection on damped Hessians: {kept channel: its error reduction}, in pick order.
+
+    Per layer R starts as H and A as W H (dead columns of W count as 0), both already reduced
+    by the always-kept free columns; a tiny ridge on R_qq keeps duplicates from being singular.
+    """
+    state = []
+    for layer, h in zip(layers, hessians):
+        ridge = RIDGE * float(np.mean(np.diag(h))) if len(h) else 0.0
+        residual, cross = h.copy(), _live_weight(layer) @ h
+        _eliminate(cross, residual, _free_columns(layer), ridge)
+        state.append((layer.blocks, cross, residual, ridge))
+    total = _channel_count(layers)
+    kept: dict[int, float] = {}
+    while len(kept) < min(keep, total):
+        candidates = [c for c in range(total) if c not in kept]
+        gains = sum(_quad(a, r, blocks, candidates, ridge) for blocks, a, r, ridge in state)
+        picked = _pick(candidates, -gains, 1, set(kept), eligible)
+        if not picked:
+            break
+        kept[picked[0]] = float(gains[candidates.index(picked[0])])
+        for blocks, a, r, ridge in state:
+            _eliminate(a, r, _columns(blocks, picked), ridge)
+    return kept
+
+
+def _eliminate(weight: np.ndarray, mat: np.ndarray, q: np.ndarray, ridge: float = 0.0) -> None:
+    """In place: W -= W_q M_qq^-1 M_{q,:}, M -= M_{:,q} M_qq^-1 M_{q,:}, then zero q.
+
+    With M = Hinv this is the OBS removal; with M = R (and W = A) it is greedy_keep's update.
+    """
+    if not q.size:
+        return
+    coef = np.linalg.solve(mat[np.ix_(q, q)] + ridge * np.eye(q.size), mat[q])
+    weight -= weight[:, q] @ coef
+    mat -= mat[:, q] @ coef
+    weight[:, q] = 0.0
+    mat[q, :] = 0.0
+    mat[:, q] = 0.0
+
+
+def _quad(weight: np.ndarray, mat: np.ndarray, blocks: list[np.ndarray], channels: list[int],
+          ridge: float = 0.0) -> np.ndarray:
+    """tr(W_q (M_qq + ridge I)^-1 W_q^T) per channel, batched over blocks of equal size."""
+    out = np.zeros(len(channels))
+    by_size = defaultdict(list)
+    for i, c in enumerate(channels):
+        by_size[len(blocks[c])].append(i)
+    for size, rows in by_size.items():
+        if size == 0:
+            continue
+        idx = np.array([np.asarray(blocks[channels[i]], dtype=np.intp) for i in rows])  # [m, k]
+        sub = mat[idx[:, :, None], idx[:, None, :]] + ridge * np.eye(size)  # [m, k, k]
+        w_q = np.take(weight, idx, axis=1)  # [out, m, k]; much faster than weight[:, idx]
+        gram = np.einsum("omk,oml->mkl", w_q, w_q)
+        out[rows] = np.trace(np.linalg.solve(sub, gram), axis1=1, axis2=2)
+    return out
+
+
+def _costs(layers: list[Layer], hinvs: list[np.ndarray], channels: list[int]) -> np.ndarray:
+    return 0.5 * sum(_quad(_live_weight(layer), hinv, layer.blocks, channels)
+                     for layer, hinv in zip(layers, hinvs))
+
+
+def _pick(candidates: list[int], scores: np.ndarray, limit: int, chosen: set[int],
+          eligible: Callable[[int, set[int]], bool] | None) -> list[int]:
+    """Up to `limit` lowest-score candidates, each eligible given `chosen` plus those picked before."""
+    picked: list[int] = []
+    for i in np.argsort(scores, kind="stable"):
+        if len(picked) == limit:
+            break
+        c = candidates[i]
+        if eligible is None or eligible(c, chosen | set(picked)):
+            picked.append(c)
+    return picked
+
+
+def _dead(hessian: np.ndarray) -> np.ndarray:
+    return np.diag(hessian) <= 0
+
+
+def _live_weight(layer: Layer) -> np.ndarray:
+    """The weight as seen by the data: columns of dead inputs cannot matter, so they count as 0."""
+    dead = _dead(layer.hessian)
+    if not dead.any():
+        return layer.weight
+    weight = layer.weight.copy()
+    weight[:, dead] = 0.0
+    return weight
+
+
+def _columns(blocks: list[np.ndarray], channels: Iterable[int]) -> np.ndarray:
+    parts = [np.asarray(blocks[c], dtype=np.intp) for c in channels]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+def _free_columns(layer: Layer) -> np.ndarray:
+    """Columns outside every block (e.g. a bias column): never removed."""
+    owned = _columns(layer.blocks, range(len(layer.blocks)))
+    return np.setdiff1d(np.arange(layer.weight.shape[1]), owned).astype(np.intp)
+
+
+def _channel_count(layers: list[Layer]) -> int:
+    counts = {len(layer.blocks) for layer in layers}
+    if len(counts) != 1:
+        raise ValueError(f"layers must have the same number of channels, got {sorted(counts)}")
+    return counts.pop()

@@ -1,0 +1,276 @@
+"""OBS pruning with compensation and greedy forward selection (spa.obs), against closed forms."""
+import numpy as np
+import pytest
+
+from spa.obs import (Layer, damped, greedy_gains, greedy_keep, inverse_hessian, least_squares,
+                     obs_costs, obs_prune, remove_channels)
+
+SAMPLES = 500
+
+
+def correlated(rng, n, samples=SAMPLES):
+    """n correlated features (rows) x samples."""
+    return (np.eye(n) + 0.6 * rng.normal(size=(n, n))) @ rng.normal(size=(n, samples))
+
+
+def with_bias(x):
+    return np.vstack([x, np.ones((1, x.shape[1]))])
+
+
+def make_layer(x, weight, block, bias=False):
+    """Channels own consecutive runs of `block` columns; with `bias` the last column is unowned."""
+    channels = (x.shape[0] - bias) // block
+    return Layer(weight.copy(), x @ x.T, [np.arange(c * block, (c + 1) * block) for c in range(channels)])
+
+
+def error(w0, w1, x):
+    return float(np.sum(((w0 - w1) @ x) ** 2))
+
+
+def kept_columns(layer, removed):
+    owned = np.concatenate(layer.blocks)
+    free = np.setdiff1d(np.arange(layer.weight.shape[1]), owned)
+    kept = [layer.blocks[c] for c in range(len(layer.blocks)) if c not in removed]
+    return np.concatenate([free, *kept]).astype(int)
+
+
+def assert_removed_zero(layer, removed):
+    for c in removed:
+        assert np.all(layer.weight[:, layer.blocks[c]] == 0.0)
+
+
+# -- 1. least-squares oracle and order independence ------------------------------------------
+
+@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("max_steps", [64, 2])
+def test_prune_equals_least_squares(block, max_steps):
+    rng = np.random.default_rng(block)
+    x = with_bias(correlated(rng, 6 * block))
+    w0 = rng.normal(size=(5, x.shape[0]))
+    layer = make_layer(x, w0, block, bias=True)
+    removed = obs_prune([layer], 4, damping=0.0, max_steps=max_steps)
+    assert len(removed) == 4
+    oracle = least_squares(w0, layer.hessian, kept_columns(layer, removed))
+    np.testing.assert_allclose(layer.weight, oracle, rtol=1e-6, atol=1e-9)
+    assert_removed_zero(layer, removed)
+    assert not np.allclose(layer.weight[:, -1], w0[:, -1])  # the bias column compensated
+
+    for order in (removed, removed[::-1], removed[1:] + removed[:1]):
+        other = make_layer(x, w0, block, bias=True)
+        remove_channels([other], order, damping=0.0)
+        np.testing.assert_allclose(other.weight, oracle, rtol=1e-6, atol=1e-9)
+
+
+def test_cost_is_half_the_error_increase():
+    rng = np.random.default_rng(1)
+    x = with_bias(correlated(rng, 8))
+    w0 = rng.normal(size=(3, 9))
+    costs = obs_costs([make_layer(x, w0, 1, bias=True)], damping=0.0)
+    assert len(costs) == 8
+    for c in range(8):
+        layer = make_layer(x, w0, 1, bias=True)
+        remove_channels([layer], [c], damping=0.0)
+        assert costs[c] == pytest.approx(0.5 * error(w0, layer.weight, x), rel=1e-8)
+
+
+# -- 2. compensation beats plain zeroing ------------------------------------------------------
+
+def test_beats_zeroing():
+    rng = np.random.default_rng(2)
+    x = correlated(rng, 12)
+    w0 = rng.normal(size=(6, 12))
+    layer = make_layer(x, w0, 1)
+    removed = obs_prune([layer], 6)
+    zeroed = w0.copy()
+    zeroed[:, removed] = 0
+    smallest = np.argsort(np.linalg.norm(w0, axis=0))[:6]
+    magnitude = w0.copy()
+    magnitude[:, smallest] = 0
+    ours = error(w0, layer.weight, x)
+    assert ours < error(w0, zeroed, x)
+    assert ours < error(w0, magnitude, x)
+
+
+# -- 3-5. duplicate, dead and constant inputs -------------------------------------------------
+
+def test_duplicate_channel_is_free():
+    rng = np.random.default_rng(3)
+    x = correlated(rng, 6)
+    x[5] = x[2]
+    w0 = rng.normal(size=(4, 6))
+    h = x @ x.T
+    ridge = 0.01 * np.mean(np.diag(h))  # moving W_j onto its copy costs only the ridge: <= ridge * |W_j|^2
+    costs = obs_costs([make_layer(x, w0, 1)], damping=0.01)
+    assert costs[2] <= ridge * np.sum(w0[:, 2] ** 2) and costs[5] <= ridge * np.sum(w0[:, 5] ** 2)
+    costs = obs_costs([make_layer(x, w0, 1)], damping=1e-9)
+    assert max(costs[[2, 5]]) < 1e-6 * np.delete(costs, [2, 5]).min()
+
+    layer = make_layer(x, w0, 1)
+    assert obs_prune([layer], 1, damping=1e-9) in ([2], [5])
+    assert error(w0, layer.weight, x) < 1e-8 * np.sum((w0 @ x) ** 2)
+
+
+def test_dead_channel():
+    rng = np.random.default_rng(4)
+    x = correlated(rng, 6)
+    x[3] = 0.0
+    w0 = rng.normal(size=(4, 6))
+    costs = obs_costs([make_layer(x, w0, 1)])
+    assert costs[3] == 0.0 and np.all(np.delete(costs, 3) > 0)
+    layer = make_layer(x, w0, 1)
+    assert obs_prune([layer], 1) == [3]
+    assert obs_prune([layer], 3)  # keeps going from the pruned state
+    other = make_layer(x, w0, 1)
+    obs_prune([other], 4)
+    assert np.all(np.isfinite(other.weight)) and np.all(np.isfinite(inverse_hessian(other.hessian)))
+    assert_removed_zero(other, [3])
+    assert greedy_gains([make_layer(x, w0, 1)])[3] == 0.0
+    assert 3 in greedy_keep([make_layer(x, w0, 1)], 5)
+
+
+def test_constant_channel_absorbed_by_bias():
+    rng = np.random.default_rng(5)
+    x = with_bias(np.vstack([correlated(rng, 5), np.full((1, SAMPLES), 5.0)]))  # feature 5 = 5
+    w0 = rng.normal(size=(3, 7))
+    layer = make_layer(x, w0, 1, bias=True)  # 6 channels, column 6 is the bias
+    costs = obs_costs([layer], damping=1e-9)
+    assert costs[5] < 1e-6 * costs[:5].min()
+    assert obs_prune([layer], 1, damping=1e-9) == [5]
+    np.testing.assert_allclose(layer.weight[:, 6] - w0[:, 6], 5 * w0[:, 5], rtol=1e-5)
+    np.testing.assert_allclose(layer.weight[:, :5], w0[:, :5], atol=1e-6)
+    assert error(w0, layer.weight, x) < 1e-8 * np.sum((w0 @ x) ** 2)
+
+
+# -- 6. several layers reading one group ------------------------------------------------------
+
+def test_multiple_layers():
+    rng = np.random.default_rng(6)
+    x1, x2 = correlated(rng, 8), correlated(rng, 16)
+    w1, w2 = rng.normal(size=(3, 8)), rng.normal(size=(5, 16))
+    pair = lambda: [make_layer(x1, w1, 1), make_layer(x2, w2, 2)]  # noqa: E731
+    a, b = pair()
+    total = obs_costs([a, b])
+    np.testing.assert_allclose(total, obs_costs([a]) + obs_costs([b]))
+    one = pair()
+    assert obs_prune(one, 1) == [int(np.argmin(total))]
+
+    layers = pair()
+    removed = obs_prune(layers, 3, damping=0.0)
+    for layer, w0 in zip(layers, (w1, w2)):
+        assert_removed_zero(layer, removed)
+        oracle = least_squares(w0, layer.hessian, kept_columns(layer, removed))
+        np.testing.assert_allclose(layer.weight, oracle, rtol=1e-6, atol=1e-9)
+
+
+# -- 7. eligibility ---------------------------------------------------------------------------
+
+def test_eligible_forbids_and_stops():
+    rng = np.random.default_rng(7)
+    x = correlated(rng, 8)
+    w0 = rng.normal(size=(3, 8))
+    w0[:, :3] *= 1e-3  # the forbidden channels are the cheapest
+    allowed = lambda c, removed: c >= 3  # noqa: E731
+    assert set(obs_prune([make_layer(x, w0, 1)], 4, allowed)) <= {3, 4, 5, 6, 7}
+    assert obs_prune([make_layer(x, w0, 1)], 7, allowed) == [3, 4, 5, 6, 7]  # stops early
+
+
+@pytest.mark.parametrize("max_steps", [64, 1])
+def test_eligible_sees_growing_set(max_steps):
+    rng = np.random.default_rng(8)
+    x = correlated(rng, 8)
+    layer = make_layer(x, rng.normal(size=(3, 8)), 1)
+    calls = []
+
+    def one_left_per_piece(c, removed):
+        calls.append(set(removed))
+        return sum(r // 4 == c // 4 for r in removed) < 3
+
+    removed = obs_prune([layer], 7, one_left_per_piece, max_steps=max_steps)
+    assert len(removed) == 6 and sum(r < 4 for r in removed) == 3
+    assert_removed_zero(layer, removed)
+    assert not any(np.all(layer.weight[:, [c for c in range(8) if c // 4 == p]] == 0) for p in (0, 1))
+    assert any(len(seen) > 0 for seen in calls)
+
+
+# -- 8. greedy forward selection --------------------------------------------------------------
+
+def test_greedy_keep_drops_a_duplicate():
+    rng = np.random.default_rng(9)
+    x = correlated(rng, 6)
+    x[5] = x[2]
+    w0 = rng.normal(size=(4, 6))
+    layer = make_layer(x, w0, 1)
+    removed = greedy_keep([layer], 5)
+    assert removed in ([2], [5])
+    oracle = least_squares(w0, damped(layer.hessian), kept_columns(layer, removed))
+    np.testing.assert_allclose(layer.weight, oracle, rtol=1e-10, atol=1e-12)
+    assert error(w0, layer.weight, x) < 1e-3 * np.sum((w0 @ x) ** 2)
+
+
+def test_greedy_keep_all():
+    rng = np.random.default_rng(10)
+    x = with_bias(correlated(rng, 12))
+    w0 = rng.normal(size=(3, 13))
+    layer = make_layer(x, w0, 4, bias=True)
+    assert greedy_keep([layer], 3) == []
+    np.testing.assert_allclose(layer.weight, w0, rtol=1e-8)
+    assert greedy_keep([make_layer(x, w0, 4, bias=True)], 10) == []  # more than possible: keeps what it can
+
+
+def test_greedy_keep_finds_the_explaining_pair():
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(2, SAMPLES))
+    mixed = rng.normal(size=(6, 2)) @ base + 0.7 * rng.normal(size=(6, SAMPLES))
+    x = with_bias(np.vstack([mixed[:2], base[:1], mixed[2:4], base[1:], mixed[4:]]))  # truth: 2, 5
+    w0 = np.zeros((3, 9))
+    w0[:, [2, 5, 8]] = rng.normal(size=(3, 3))
+    layer = make_layer(x, w0, 1, bias=True)
+    assert greedy_keep([layer], 2, damping=1e-9) == [0, 1, 3, 4, 6, 7]
+    assert error(w0, layer.weight, x) < 1e-8 * np.sum((w0 @ x) ** 2)
+    forbidden = make_layer(x, w0, 1, bias=True)
+    removed = greedy_keep([forbidden], 2, lambda c, kept: c != 2)
+    assert 2 in removed and len(removed) == 6
+
+
+def test_greedy_gains():
+    rng = np.random.default_rng(13)
+    x = with_bias(correlated(rng, 8))
+    x[6] = x[1]
+    w0 = rng.normal(size=(3, 9))
+    layer = make_layer(x, w0, 1, bias=True)
+    gains = greedy_gains([layer], damping=1e-9)
+    np.testing.assert_array_equal(layer.weight, w0)  # scoring only
+    assert min(gains[1], gains[6]) < 1e-6 * np.delete(gains, [1, 6]).max()
+    [last] = greedy_keep([make_layer(x, w0, 1, bias=True)], 7)  # the channel picked last
+    costs = obs_costs([make_layer(x, w0, 1, bias=True)])
+    gains = greedy_gains([make_layer(x, w0, 1, bias=True)])
+    assert gains[last] == pytest.approx(costs[last], rel=1e-6)  # adding it to all others == removing it
+
+
+def test_nothing_to_remove():
+    rng = np.random.default_rng(14)
+    x = correlated(rng, 4)
+    w0 = rng.normal(size=(2, 4))
+    layer = make_layer(x, w0, 1)
+    assert obs_prune([layer], 0) == []
+    np.testing.assert_array_equal(layer.weight, w0)
+
+
+# -- 9. inverse_hessian safeguards ------------------------------------------------------------
+
+def test_inverse_hessian_singular_and_zero():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6, 3))  # rank 3
+    h = x @ x.T
+    hinv = inverse_hessian(h)
+    assert np.all(np.isfinite(hinv))
+    np.testing.assert_allclose(hinv @ damped(h), np.eye(6), atol=1e-8)
+    np.testing.assert_allclose(inverse_hessian(np.zeros((4, 4))), np.eye(4) / 1.01)
+
+
+def test_inverse_hessian_retries_then_raises():
+    assert np.all(np.isfinite(inverse_hessian(np.array([[1.0, 2.0], [2.0, 1.0]]))))
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        inverse_hessian(np.array([[1.0, 1e3], [1e3, 1.0]]))
+    with pytest.raises(ValueError):
+        damped(np.eye(2), -1.0)
