@@ -16,7 +16,7 @@ from spa.analyze import Analysis
 from spa.analyze.context import AnalysisState, static_dim
 from spa.analyze.labels import Labels
 from spa.analyze.ops import slice_params
-from spa.analyze.shapes import Const, keeps_meaning
+from spa.analyze.shapes import Const, dim_labels, follows, freezable, keeps_meaning
 from spa.load import read_values
 
 
@@ -131,6 +131,10 @@ def _fix_shape_input(state: AnalysisState, node: gs.Node, kept: Kept, names) -> 
         if isinstance(elem, Const) and labels is not None and not keeps_meaning(node, elem, k, in_axes, labels, state):
             if kept.size(labels) != elem.value:
                 changes[k] = kept.size(labels)
+        elif freezable(state, node, elem, k) and not follows(state, elem, labels):
+            traced = elem.scale * kept.size(dim_labels(state, elem))
+            if kept.size(labels, elem.value) != traced:  # the traced size would now be wrong
+                changes[k] = kept.size(labels, elem.value)
     if changes:
         node.inputs[1] = _changed_vector(state, node.inputs[1], elems, changes, names)
 
@@ -138,7 +142,7 @@ def _fix_shape_input(state: AnalysisState, node: gs.Node, kept: Kept, names) -> 
 def _changed_vector(state: AnalysisState, tensor: gs.Tensor, elems: list, changes: dict[int, int],
                     names) -> gs.Tensor:
     """A new shape vector with `changes`: a constant, or a copy of the Concat building it
-    with new constant pieces."""
+    with new constant pieces (a frozen size's piece included)."""
     if all(isinstance(e, Const) for e in elems):
         values = np.array([changes.get(k, e.value) for k, e in enumerate(elems)], dtype=tensor.dtype or np.int64)
         return gs.Constant(names.new(tensor.name), values.reshape(tensor.shape or values.shape))

@@ -236,6 +236,53 @@ def depthwise_multiplier() -> onnx.ModelProto:
     return _image_model(g, g.conv(depthwise, 12, 4), [1, 4, 8, 8])
 
 
+def _size_piece(g: GraphBuilder, tensor: str, axis: int) -> str:
+    """Unsqueeze(Gather(Shape(tensor), axis)): one size as a 1-element Concat piece."""
+    size = g.op("Gather", [g.op("Shape", [tensor]), g.constant("idx", np.array(axis, np.int64))], axis=0)
+    return g.op("Unsqueeze", [size, g.ints("axes", [0])])
+
+
+def _reshape_by_other_size(seed: int, source_axis: int, size_also_read: bool = False) -> onnx.ModelProto:
+    """Dynamic batch N. Group A: a conv map [N, 6, 8, 8] transposed to [N, 8, 8, 6] and
+    reshaped by Concat(Shape(input)[0], [64], Shape(other)[source_axis]); group B: `other`,
+    a second conv branch [N, 6, 8, 8]. Both are pooled and read by a MatMul each.
+    `size_also_read`: the same size piece also feeds a ConstantOfShape."""
+    g = GraphBuilder(seed)
+    trunk = _conv_relu(g)
+    other = g.op("Relu", [g.conv("input", 3, 6)])
+    size = _size_piece(g, other, source_axis)
+    shape = g.op("Concat", [_size_piece(g, "input", 0), g.ints("space", [64]), size], axis=0)
+    rows = g.op("Reshape", [g.op("Transpose", [trunk], perm=[0, 2, 3, 1]), shape])
+    pooled = g.op("ReduceMean", [rows], axes=[1], keepdims=0)
+    pooled_other = g.op("ReduceMean", [other], axes=[2, 3], keepdims=0)
+    out = g.op("Add", [g.op("MatMul", [pooled, g.param("w", [6, 5], he_scale(6))]),
+                       g.op("MatMul", [pooled_other, g.param("w", [6, 5], he_scale(6))])])
+    if size_also_read:
+        zeros = g.op("ConstantOfShape", [size])
+        out = g.op("Add", [out, g.op("ReduceSum", [zeros], keepdims=0)])
+    return _image_model(g, out, ["N", 5], ["N", 3, 8, 8])
+
+
+def reshape_static_size_of_other_tensor() -> onnx.ModelProto:
+    """A Reshape's channel element is Shape(other)[1], another group's static channel count
+    (as the attention output of a dynamic-batch export reads the hidden size): the rewriter
+    freezes it to group A's pruned count, and both groups prune."""
+    return _reshape_by_other_size(25, 1)
+
+
+def reshape_static_size_also_read() -> onnx.ModelProto:
+    """As reshape_static_size_of_other_tensor, but the same Shape(other)[1] also feeds a
+    ConstantOfShape: group A still prunes, group B is kept whole."""
+    return _reshape_by_other_size(26, 1, size_also_read=True)
+
+
+def reshape_dynamic_size_of_other_tensor() -> onnx.ModelProto:
+    """The channel element is Shape(other)[0], the dynamic batch: it runs only at N == 6
+    and must never be frozen, so group A is kept whole. Not in EDGE_MODELS (the oracle
+    runs at N == 2)."""
+    return _reshape_by_other_size(27, 0)
+
+
 EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     f.__name__: f for f in (
         reshape_shape_initializer, reshape_shape_constant_node, reshape_dynamic_shape_chain,
@@ -243,5 +290,6 @@ EDGE_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
         layer_norm_channels, intermediate_output, unknown_op, slice_channels, pad_spatial,
         resize_nearest, transpose_matmul, squeeze_gemm_unsqueeze, sub_div_constants,
         tied_conv_weight, nothing_prunable, reshape_chain_with_channel_count, slice_size_from_shape,
-        channel_shuffle, split_then_branches, depthwise_multiplier)
+        channel_shuffle, split_then_branches, depthwise_multiplier,
+        reshape_static_size_of_other_tensor, reshape_static_size_also_read)
 }

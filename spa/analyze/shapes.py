@@ -5,7 +5,9 @@ Gather -> Concat chains. Each element of such a vector is a constant, the size o
 tensor axis (`Dim`, which follows pruning by itself at run time), or a computation on
 sizes (`Opaque`). After the channel analysis, `check_shape_uses` makes sure every use of
 a size stays right once channels are removed: a size read by arithmetic or data ops fixes
-that axis, and a Reshape whose shape element cannot be rewritten keeps its output whole.
+that axis, a Reshape/Expand shape element that is the size of another channel axis is
+frozen to a constant (`freezable`), and a Reshape whose shape element cannot be rewritten
+keeps its output whole.
 """
 from __future__ import annotations
 
@@ -238,16 +240,33 @@ def _check_shape_input(state: AnalysisState, node: gs.Node, elems: list[Elem]) -
         if out_axes:
             _fix_axes(state, out_axes, f"{node.op} '{node.name}': output rank unknown")
         return
-    rewritable = rewritable_elements(state.graph, node.inputs[1], elems)
+    rewritable = rewritable_elements(state, node, elems)
     for k, elem in enumerate(elems):
         out_labels = out_axes[k]
-        if isinstance(elem, Dim) and same_channels(state, _labels(state, elem), out_labels, elem.scale):
+        if follows(state, elem, out_labels) or (freezable(state, node, elem, k) and rewritable[k]):
             continue
         _fix_deps(state, [elem], f"{node.op} '{node.name}': shape element {k} would not follow pruning")
         if out_labels is None or keeps_meaning(node, elem, k, in_axes, out_labels, state):
             continue
         if not rewritable[k]:
             state.space.fix(out_labels, f"{node.op} '{node.name}': shape element {k} cannot be rewritten")
+
+
+def follows(state: AnalysisState, elem: Elem, out_labels: Labels | None) -> bool:
+    """A traced size that keeps matching its output axis by itself, whatever is pruned."""
+    return isinstance(elem, Dim) and same_channels(state, dim_labels(state, elem), out_labels, elem.scale)
+
+
+def freezable(state: AnalysisState, node: gs.Node, elem: Elem, k: int) -> bool:
+    """May the rewriter replace `scale * Shape(t)[axis]` by a constant? Only if `axis` is a
+    channel axis (its size is a width of weights, the same for every input the model
+    accepts) and the output axis it makes is static and equal: the constant then changes
+    nothing before pruning, and afterwards it is the output axis's pruned size, whatever
+    the traced axis loses. Batch and sequence axes never carry channels, so their sizes
+    stay traced (even where onnxruntime's auto-merge made them static)."""
+    out = node.outputs[0].shape
+    return (isinstance(elem, Dim) and dim_labels(state, elem) is not None and out is not None
+            and k < len(out) and _static(out[k]) == elem.value)
 
 
 def keeps_meaning(node: gs.Node, elem: Elem, k: int, in_axes, out_labels, state) -> bool:
@@ -262,21 +281,24 @@ def keeps_meaning(node: gs.Node, elem: Elem, k: int, in_axes, out_labels, state)
     return elem.value == 1
 
 
-def rewritable_elements(graph: gs.Graph, shape: gs.Tensor, elems: list[Elem]) -> list[bool]:
-    """Which elements of a shape input the rewriter can replace: all of a constant vector,
-    and the constant pieces of a Concat that builds it."""
+def rewritable_elements(state: AnalysisState, node: gs.Node, elems: list[Elem]) -> list[bool]:
+    """Which elements of a Reshape/Expand shape input the rewriter can replace: all of a
+    constant vector, and the pieces of a Concat that builds it that are constant or made
+    only of freezable sizes."""
     if all(isinstance(e, Const) for e in elems):
         return [True] * len(elems)
+    shape = node.inputs[1]
     producer = shape.inputs[0] if shape.inputs else None
     if producer is None or producer.op != "Concat":
         return [False] * len(elems)
     flags: list[bool] = []
     for piece in producer.inputs:
         size = _piece_size(piece)
-        if size is None:
+        if size is None or len(flags) + size > len(elems):
             return [False] * len(elems)
-        constant = _is_constant_piece(piece)
-        flags.extend([constant] * size)
+        span = range(len(flags), len(flags) + size)
+        replaceable = _is_constant_piece(piece) or all(freezable(state, node, elems[k], k) for k in span)
+        flags.extend([replaceable] * size)
     return flags if len(flags) == len(elems) else [False] * len(elems)
 
 
@@ -295,7 +317,8 @@ def _is_constant_piece(tensor: gs.Tensor) -> bool:
     return True
 
 
-def _labels(state: AnalysisState, elem: Dim) -> Labels | None:
+def dim_labels(state: AnalysisState, elem: Dim) -> Labels | None:
+    """Channel labels of the axis a traced size reads."""
     axes = state.axes.get(elem.tensor)
     return axes[elem.axis] if axes is not None and elem.axis < len(axes) else None
 
