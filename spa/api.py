@@ -157,6 +157,9 @@ def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, ver
     ranked = plan.selection.scope == "global" or plan.target is not None  # counts depend on scores
     scores = score_groups(graph, groups, plan.scoring, calibration if ranked else None, ir_version)
     scored = [g for g in groups if g.id not in scores.unscored]
+    if groups and not scored:
+        raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
+                       f"({next(iter(scores.unscored.values()))})")
     counts = _counts(loaded, plan, scored, scores)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
     reference = output_moments(graph, corrected, calibration, ir_version) if corrected else {}
@@ -290,7 +293,8 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, o
             pruned: onnx.ModelProto, plan: Plan, calibration: Calibration | None, history: list[dict]) -> dict:
     groups = []
     for group in analysis.groups:
-        reasons = group.reasons + ([scores.unscored[group.id]] if group.id in scores.unscored else [])
+        unscored = scores.unscored.get(group.id)
+        reasons = group.reasons + ([f"{plan.scoring.criterion}: {unscored}"] if unscored else [])
         entry = {"id": group.id, "name": group.name, "kind": group.kind, "size": group.size,
                  "removed": removed.get(group.id, []),
                  "kept": group.size - len(removed.get(group.id, [])),

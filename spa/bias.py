@@ -45,8 +45,9 @@ def _append(node: gs.Node, size: int) -> str:
 
 def _has_bias_add(node: gs.Node) -> bool:
     consumers = node.outputs[0].outputs
+    outputs = node.inputs[1].shape[-1]
     return len(consumers) == 1 and consumers[0].op == "Add" and any(
-        isinstance(t, gs.Constant) and len(t.shape) == 1 for t in consumers[0].inputs)
+        isinstance(t, gs.Constant) and tuple(t.shape) == (outputs,) for t in consumers[0].inputs)
 
 
 def _insert_add(graph: gs.Graph, node: gs.Node, size: int) -> str:

@@ -78,7 +78,8 @@ def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring,
                     calibration: Calibration | None, ir_version: int) -> tuple[list[int], np.ndarray]:
     """The channels to remove, and the group's scores, measured on the graph as it is now."""
     layers, _ = measurable_layers(graph, group)
-    measured = measure(graph, [layer for layer, _ in layers], scoring.criterion, calibration, ir_version)
+    measured = measure(graph, [layer for layer, _ in layers], scoring.criterion, calibration, ir_version,
+                       label=f"{scoring.criterion}: group {group.id}")
     per_layer = [layer_scores(scoring.criterion, layer, member, measured[layer.node.name], scoring.damping)
                  for layer, member in layers]
     scores = normalize(reduce(per_layer, scoring.reduce), scoring.normalize)

@@ -185,6 +185,7 @@ def _following_bias(node: gs.Node) -> tuple[gs.Constant | None, gs.Variable]:
     if len(product.outputs) == 1 and product.outputs[0].op == "Add":
         add = product.outputs[0]
         others = [t for t in add.inputs if t is not product]
-        if len(others) == 1 and isinstance(others[0], gs.Constant) and len(others[0].shape) == 1:
+        outputs = node.inputs[1].shape[-1]
+        if len(others) == 1 and isinstance(others[0], gs.Constant) and tuple(others[0].shape) == (outputs,):
             return others[0], add.outputs[0]
     return None, product

@@ -74,11 +74,11 @@ def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring,
         if scoring.needs_data and calibration is None:
             problem = measurable_layers(graph, group)[1]
             if problem:
-                unscored[group.id] = f"{scoring.criterion}: {problem}"
+                unscored[group.id] = problem
             continue
         per_member, problem = _member_scores(graph, group, scoring, readers, measured)
         if problem:
-            unscored[group.id] = f"{scoring.criterion}: {problem}"
+            unscored[group.id] = problem
         else:
             values[group.id] = normalize(reduce(per_member, scoring.reduce), scoring.normalize)
     return Scores(values, unscored)
@@ -110,7 +110,7 @@ def measurable_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearL
 
 
 def measure(graph: gs.Graph, layers: list[LinearLayer], criterion: str, calibration: Calibration | None,
-            ir_version: int) -> dict[str, Moments | Hessian]:
+            ir_version: int, label: str = "") -> dict[str, Moments | Hessian]:
     """Per layer (by node name): its input's moments, or its Hessian for obs and greedy."""
     if calibration is None:
         raise SpaError(f"criterion '{criterion}' needs calibration data")
@@ -125,7 +125,7 @@ def measure(graph: gs.Graph, layers: list[LinearLayer], criterion: str, calibrat
             accumulator = Moments(1 if layer.node.op == "Conv" else -1)
         accumulators[layer.node.name] = accumulator
         by_tensor.setdefault(layer.input.name, []).append(accumulator)
-    collect(graph, calibration, by_tensor, ir_version, label=f"{criterion} statistics")
+    collect(graph, calibration, by_tensor, ir_version, label=label or f"{criterion}: all groups")
     return accumulators
 
 
