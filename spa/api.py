@@ -85,13 +85,17 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
     if loaded.external and verify and output is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
-    current, history = loaded, []
+    current, history, first, steps_done = loaded, [], None, None
     for step in range(1, steps + 1):
         step_plan = _step_plan(plan, step, steps, loaded.model, current.model)
         pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
                         "channels_removed": sum(map(len, removed.values()))})
+        first = first or analysis
+        steps_done = _StepsDone(first) if steps_done is None else steps_done
+        steps_done.add(analysis, removed, scores)
         current = Loaded(pruned, loaded.base_dir, None)
+    analysis, removed, scores = first, steps_done.removed, steps_done.scores
     report = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
     result = PruneResult(pruned, analysis, removed, report)
     if verify and masked is not None:
@@ -104,6 +108,31 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
     elif output is None and verify:
         report["max_output_difference"] = verify_pruned(loaded, pruned, seed)
     return result
+
+
+class _StepsDone:
+    """What all steps removed, in the input model's channel indices: each step's analysis
+    sees the groups of the model the previous step left, with the same ids."""
+
+    def __init__(self, first: Analysis) -> None:
+        self.positions = {g.id: list(range(g.size)) for g in first.groups}  # step channel -> input channel
+        self.removed: dict[int, list[int]] = {}
+        self.scores = Scores({}, {})
+
+    def add(self, analysis: Analysis, removed: dict[int, list[int]], scores: Scores) -> None:
+        for group in analysis.groups:
+            if len(self.positions.get(group.id, ())) != group.size:
+                raise SpaError(f"internal error: group {group.id} changed between steps; use --steps 1")
+        for gid, values in scores.values.items():
+            mapped = np.full(len(self.positions[gid]) + len(self.removed.get(gid, [])), np.nan)
+            mapped[self.positions[gid]] = values
+            self.scores.values[gid] = mapped
+        self.scores.unscored.update(scores.unscored)
+        for gid, channels in removed.items():
+            positions = self.positions[gid]
+            self.removed[gid] = sorted(self.removed.get(gid, []) + [positions[c] for c in channels])
+            gone = set(channels)
+            self.positions[gid] = [p for c, p in enumerate(positions) if c not in gone]
 
 
 def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
@@ -300,8 +329,8 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, o
                  "kept": group.size - len(removed.get(group.id, [])),
                  "prunable": group.prunable and group.id not in scores.unscored, "exact": group.exact,
                  "reason": "; ".join(reasons) or None}
-        if group.id in scores.values:
-            entry["scores"] = [round(float(s), 6) for s in scores.values[group.id]]
+        if group.id in scores.values:  # None: removed by an earlier step
+            entry["scores"] = [None if np.isnan(s) else round(float(s), 6) for s in scores.values[group.id]]
         groups.append(entry)
     return {"criterion": plan.scoring.criterion, "ratio": plan.selection.ratio, "scope": plan.selection.scope,
             "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,

@@ -29,16 +29,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see spa {self.prog.split()[-1]} --help)")
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in KINDS]
@@ -47,14 +37,22 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+def _number(accepts, range_text: str):
+    """An argparse type: a float that `accepts` (NaN never does)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {range_text}, got {text}")
+        return value
+    return parse
+
+
+_ratio = _number(lambda v: 0 <= v < 1, "in [0, 1)")
+_fraction = _number(lambda v: 0 < v <= 1, "in (0, 1]")
+_damping = _number(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def _positive(text: str) -> int:
@@ -84,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=_positive, metavar="N", help="use at most N calibration samples")
     p.add_argument("--correct-stats", action=argparse.BooleanOptionalAction, default=None,
                    help="restore output statistics of layers that lost inputs (default: on with --calib)")
-    p.add_argument("--damping", type=float, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
+    p.add_argument("--damping", type=_damping, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="nodes or initializers to keep whole")
     p.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO)
     p.add_argument("--min-keep", type=_positive, default=1)
@@ -138,7 +136,8 @@ def _prune(args: argparse.Namespace) -> int:
         check_writable(output, args.model)
     if args.report:
         check_writable(args.report, args.model)
-    if (args.ratio is None) == (args.target_macs is None and args.target_params is None):
+    goals = [g for g in (args.ratio, args.target_macs, args.target_params) if g is not None]
+    if len(goals) != 1:
         raise UsageError("give one of --ratio, --target-macs, --target-params (see spa prune --help)")
     result = prune(args.model, args.ratio or 0.0, args.criterion, args.round_to, args.min_keep,
                    args.ignore, args.seed, args.include_inexact, targets=args.target,

@@ -78,6 +78,8 @@ def collect(graph: gs.Graph, calibration: Calibration, accumulators: dict[str, l
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
             raise SpaError(f"calibration run failed: {first_line(error)}") from None
         for name, value in zip(names, values):
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise SpaError(f"calibration run gives NaN or inf at '{name}' (check the calibration data)")
             for accumulate in accumulators[name]:
                 accumulate(value)
 

@@ -29,16 +29,22 @@ COMPENSATING = ("fluctuation", "obs", "greedy")  # criteria that change the weig
 def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int], scores: Scores,
                    scoring: Scoring, calibration: Calibration | None, ir_version: int) -> dict[int, list[int]]:
     """Pick and zero `counts[g]` channels of every group; return the removed channels."""
-    removed = {}
+    removed: dict[int, list[int]] = {}
+    gone: dict[tuple[str, int], set[int]] = {}  # (initializer, axis) -> positions already removed
     for group in _in_graph_order(graph, groups):
         count = counts.get(group.id, 0)
         if count <= 0 or group.id in scores.unscored:
             continue
         if scoring.needs_data:
-            channels, scores.values[group.id] = _pick_with_data(graph, group, count, scoring, calibration, ir_version)
+            channels, scores.values[group.id] = _pick_with_data(graph, group, count, scoring, calibration,
+                                                                ir_version, gone)
         else:
             channels = choose(group, scores.values[group.id], count)
         zero_channels(graph, group, channels)
+        for member in group.members:
+            if member.within is None:
+                gone.setdefault((member.initializer, member.axis), set()).update(
+                    p for c in channels for p in member.index[c])
         removed[group.id] = channels
     return removed
 
@@ -74,8 +80,8 @@ def _in_graph_order(graph: gs.Graph, groups: list[Group]) -> list[Group]:
     return sorted(groups, key=lambda g: min((first.get(m.initializer, 0) for m in g.members), default=0))
 
 
-def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring,
-                    calibration: Calibration | None, ir_version: int) -> tuple[list[int], np.ndarray]:
+def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring, calibration: Calibration | None,
+                    ir_version: int, gone: dict[tuple[str, int], set[int]]) -> tuple[list[int], np.ndarray]:
     """The channels to remove, and the group's scores, measured on the graph as it is now."""
     layers, _ = measurable_layers(graph, group)
     measured = measure(graph, [layer for layer, _ in layers], scoring.criterion, calibration, ir_version,
@@ -84,7 +90,7 @@ def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring,
                  for layer, member in layers]
     scores = normalize(reduce(per_layer, scoring.reduce), scoring.normalize)
     if scoring.criterion in ("obs", "greedy"):
-        return _pick_by_reconstruction(group, count, layers, measured, scoring), scores
+        return _pick_by_reconstruction(group, count, layers, measured, scoring, gone), scores
     channels = choose(group, scores, count)
     if scoring.criterion == "fluctuation":
         for layer, member in layers:
@@ -93,18 +99,34 @@ def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring,
 
 
 def _pick_by_reconstruction(group: Group, count: int, layers: list[tuple[LinearLayer, Member]],
-                            measured: dict, scoring: Scoring) -> list[int]:
+                            measured: dict, scoring: Scoring, gone: dict[tuple[str, int], set[int]]) -> list[int]:
     """obs removes, greedy keeps; both leave every consumer's weights compensated."""
     merged = _merge_by_node(layers)
-    problems = [obs.Layer(layer.matrix(), measured[layer.node.name].matrix, columns)
+    problems = [obs.Layer(layer.matrix(), _without_gone(layer, measured[layer.node.name].matrix, gone), columns)
                 for layer, columns in merged]
     if scoring.criterion == "obs":
         channels = obs.obs_prune(problems, count, removal_rule(group, count), scoring.damping)
     else:
-        channels = obs.greedy_keep(problems, group.size - count, keep_rule(group, count), scoring.damping)
+        keep = max(group.size - count, len(group.pieces))  # every piece keeps a channel
+        channels = obs.greedy_keep(problems, keep, keep_rule(group, group.size - keep), scoring.damping)
     for (layer, _), problem in zip(merged, problems):
         layer.set_matrix(problem.weight)
     return channels
+
+
+def _without_gone(layer: LinearLayer, hessian: np.ndarray, gone: dict[tuple[str, int], set[int]]) -> np.ndarray:
+    """The Hessian with the inputs of channels removed upstream made dead: their input may
+    still be nonzero (a Sigmoid of a zeroed channel is 0.5), but their columns are cut, so
+    compensation must not put weight on them."""
+    positions = sorted(gone.get((layer.weight.name, layer.weight_input_axis), ()))
+    if not positions:
+        return hessian
+    width = int(np.prod(layer.kernel, dtype=np.int64))
+    columns = (np.asarray(positions)[:, None] * width + np.arange(width)).reshape(-1)
+    hessian = hessian.copy()
+    hessian[columns, :] = 0.0
+    hessian[:, columns] = 0.0
+    return hessian
 
 
 def _merge_by_node(layers: list[tuple[LinearLayer, Member]]) -> list[tuple[LinearLayer, list[np.ndarray]]]:

@@ -45,6 +45,10 @@ class LinearLayer:
     def weight_output_axis(self) -> int:
         return {"Conv": 0, "MatMul": 1}.get(self.node.op, 0 if self.node.attrs.get("transB", 0) else 1)
 
+    @property
+    def weight_input_axis(self) -> int:
+        return {"Conv": 1, "MatMul": 0}.get(self.node.op, 1 if self.node.attrs.get("transB", 0) else 0)
+
     def matrix(self) -> np.ndarray:
         """[out, features (+1 for the bias)] in float64, the bias last."""
         values = read_values(self.weight).astype(np.float64)

@@ -15,6 +15,9 @@ def prune_summary(report: dict) -> str:
         ratio = f"{new / old:.3f}" if old else "-"
         lines.append(f"{label:12}{_number(old):>14}{_number(new):>14}{ratio:>14}")
     lines.append(groups_line(report["groups"]))
+    steps = report.get("steps") or []
+    if len(steps) > 1:
+        lines[-1] += f", in {len(steps)} steps"
     return "\n".join(lines)
 
 

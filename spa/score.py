@@ -42,6 +42,8 @@ class Scoring:
                                      (self.normalize, NORMALIZATIONS, "normalization")):
             if value not in choices:
                 raise SpaError(f"unknown {what} '{value}' (choose from {', '.join(choices)})")
+        if not 0 <= self.damping < float("inf"):  # also refuses NaN
+            raise SpaError(f"damping must be a finite number >= 0, got {self.damping}")
 
     @property
     def needs_data(self) -> bool:
@@ -154,7 +156,7 @@ def layer_scores(criterion: str, layer: LinearLayer, member: Member, measured: M
                  damping: float) -> np.ndarray:
     """One consumer layer's score for each channel of `member`'s group."""
     if criterion == "activation":
-        return np.array([measured.mean_abs[index].mean() for index in member.index])
+        return np.array([measured.mean_abs[index].mean() if index else 0.0 for index in member.index])
     matrix = layer.matrix()
     columns = layer.columns(member)
     if criterion == "fluctuation":  # FLAP: Var(x_c) * ||W[:, c]||^2, kernel columns included
