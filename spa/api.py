@@ -321,6 +321,7 @@ def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto)
 def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
             pruned: onnx.ModelProto, plan: Plan, calibration: Calibration | None, history: list[dict]) -> dict:
     groups = []
+    targeted = {g.id for g in analysis.prunable_groups(plan.include_inexact, plan.targets)}
     for group in analysis.groups:
         unscored = scores.unscored.get(group.id)
         reasons = group.reasons + ([f"{plan.scoring.criterion}: {unscored}"] if unscored else [])
@@ -328,6 +329,7 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, o
                  "removed": removed.get(group.id, []),
                  "kept": group.size - len(removed.get(group.id, [])),
                  "prunable": group.prunable and group.id not in scores.unscored, "exact": group.exact,
+                 "targeted": group.id in targeted,
                  "reason": "; ".join(reasons) or None}
         if group.id in scores.values:  # None: removed by an earlier step
             entry["scores"] = [None if np.isnan(s) else round(float(s), 6) for s in scores.values[group.id]]

@@ -157,6 +157,8 @@ def _as_layer(nodes: list[gs.Node], member: Member) -> tuple[LinearLayer | None,
     if len(nodes) != 1:
         return None, f"weight '{name}' is shared by {len(nodes)} nodes"
     node = nodes[0]
+    if node.op == "Conv" and node.attrs.get("group", 1) > 1 and member.axis == 0 and member.within is None:
+        return None, None  # a depthwise conv carries the channels through; the layer after it reads them
     if member.within is not None:
         return None, f"{node.op} '{node.name}' is a grouped convolution"
     op = node.op

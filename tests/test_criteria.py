@@ -9,6 +9,8 @@ refits are also checked against a least-squares oracle computed here in numpy.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -753,3 +755,14 @@ def test_cli_bn_scale_without_batchnorm(small_model, capsys):
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("spa: error:") and "BatchNormalization" in lines[0]
     assert not small_model.with_name("small.pruned.onnx").exists()
+
+
+def test_data_criteria_measure_through_depthwise_convs():
+    """An inverted residual's expanded channels pass a depthwise conv on the way to the
+    1x1 projection: the projection measures them, the depthwise conv is channel-wise."""
+    model = Path(__file__).resolve().parent.parent / "models" / "trained" / "digits_mobilenet.onnx"
+    result = spa.api.prune(model, 0.5, "obs", round_to=1,
+                           calib_samples=16, verify=False)
+    prunable = [g for g in result.report["groups"] if g["reason"] is None]
+    assert len(prunable) == 6
+    assert all(g["removed"] for g in prunable)

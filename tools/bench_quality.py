@@ -1,0 +1,361 @@
+"""How much test accuracy does each pruning criterion keep, without fine-tuning?
+
+For the trained digits models (models/trained/, see its README.md) this prunes with spa's Python
+API at round_to=1 and measures the pruned model's test accuracy in onnxruntime (CPU, the whole
+test split in one batch). Per model it prints:
+
+- the accuracy before pruning;
+- Table A, local scope: every criterion x data setting at each ratio. Data settings are "calib"
+  (the calibration split, statistics correction on: spa's default with data), "calib, no
+  correction", "data-free" (synthetic inputs, correction off: spa's default without data) and
+  "data-free + correction". Magnitude criteria only read data for the correction, so they run
+  "no data" and "calib correction only". A criterion that cannot score a model's groups (bn-scale
+  without BatchNorm) shows spa's reason instead of numbers;
+- Table B, global scope at MAC targets: accuracy and the MACs fraction reached;
+- the median wall time of a prune call per criterion, and a check that "obs, calib" beats both
+  l2 rows of Table A at every ratio >= CHECK_FROM.
+
+One prune call per model (the top ratio of "obs, calib", or of the first row) runs with
+verify=True: onnx.checker, an onnxruntime run and spa's equivalence check. The others skip it.
+The markdown goes to --out, the same data as JSON beside it.
+
+Usage: python tools/bench_quality.py [--models digits_resnet_bn,digits_transformer]
+           [--criteria obs,l2] [--ratios 0.1,0.3] [--quick] [--calib-samples N]
+           [--out tools/results/quality.md]
+Everything (about 700 prune calls) takes 5-10 minutes on 2 cores: run it in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spa.api import prune
+from spa.errors import SpaError
+from spa.score import CRITERIA, MAGNITUDE_CRITERIA
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINED = ROOT / "models" / "trained"
+DATA = TRAINED / "digits_data.npz"
+MODELS = {  # model -> suffix of its arrays in DATA ("calib_x" + suffix, "test_x" + suffix)
+    "digits_resnet_bn": "", "digits_resnet": "", "digits_mobilenet": "", "digits_transformer": "_tokens",
+}
+QUICK_MODELS = ("digits_resnet_bn", "digits_transformer")
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+QUICK_RATIOS = (0.3, 0.5, 0.7)
+MACS_TARGETS = (0.75, 0.5, 0.3)
+CHECK_FROM = 0.3
+ROUND_TO = 1
+VERIFIED_ROW = ("obs", "calib")
+
+
+@dataclass(frozen=True)
+class Setting:
+    label: str
+    calib: bool  # the calibration split, or synthetic inputs if a criterion needs data
+    correct_stats: bool | None  # None: spa's default (on with calib, off without)
+
+
+MAGNITUDE_SETTINGS = (Setting("no data", False, None), Setting("calib correction only", True, None))
+DATA_SETTINGS = (Setting("calib", True, None), Setting("calib, no correction", True, False),
+                 Setting("data-free", False, None), Setting("data-free + correction", False, True))
+TARGET_ROWS = (("l2", MAGNITUDE_SETTINGS[0]), ("l2", MAGNITUDE_SETTINGS[1]), ("obs", DATA_SETTINGS[0]),
+               ("greedy", DATA_SETTINGS[0]), ("fluctuation", DATA_SETTINGS[0]))
+
+
+@dataclass
+class Cell:
+    """One prune call and the pruned model's accuracy."""
+    criterion: str
+    setting: str
+    scope: str
+    ratio: float | None = None
+    target_macs: float | None = None
+    verified: bool = False
+    accuracy: float | None = None
+    macs: float | None = None  # after / before
+    seconds: float | None = None
+    unscored: list[str] = field(default_factory=list)  # the criterion's reasons for keeping groups whole
+    channels_removed: int = 0
+    refused: str | None = None  # spa's one-line refusal (SpaError), e.g. no group it can score
+    error: str | None = None  # anything else
+
+
+@dataclass
+class Split:
+    calib_path: Path  # .npz holding only the calibration inputs, named after the model input
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def accuracy(model: onnx.ModelProto | Path, split: Split) -> float:
+    """Test accuracy in percent, the whole split in one onnxruntime run."""
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: split.test_x})[0]
+    return 100.0 * float(np.mean(logits.argmax(axis=1) == split.test_y))
+
+
+def write_split(name: str, directory: Path) -> Split:
+    data = np.load(DATA)
+    suffix = MODELS[name]
+    input_name = onnx.load(str(TRAINED / f"{name}.onnx")).graph.input[0].name
+    calib_path = directory / f"{name}_calib.npz"
+    np.savez(calib_path, **{input_name: data[f"calib_x{suffix}"]})
+    return Split(calib_path, data[f"test_x{suffix}"], data["test_y"])
+
+
+def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_samples: int | None) -> Cell:
+    """Prune `name` as `cell` asks and fill in the measurements (or the error)."""
+    options = dict(round_to=ROUND_TO, scope=cell.scope, target_macs=cell.target_macs,
+                   calib=split.calib_path if setting.calib else None,
+                   calib_samples=calib_samples if setting.calib else None,
+                   correct_stats=setting.correct_stats, verify=cell.verified)
+    call = f"prune({name!r}, {cell.ratio or 0.0}, {cell.criterion!r}, {options})"
+    log(call)
+    try:
+        start = time.perf_counter()
+        result = prune(TRAINED / f"{name}.onnx", cell.ratio or 0.0, cell.criterion, **options)
+        cell.seconds = time.perf_counter() - start
+        cell.accuracy = accuracy(result.model, split)
+    except SpaError as error:
+        cell.refused = str(error)
+        return cell
+    except Exception as error:  # noqa: BLE001 - record it with the call, go on with the other cells
+        cell.error = f"{call}: {type(error).__name__}: {error}"
+        return cell
+    report = result.report
+    cell.macs = report["after"]["macs"] / report["before"]["macs"]
+    cell.channels_removed = result.channels_removed
+    prefix = f"{cell.criterion}: "
+    cell.unscored = sorted({g["reason"][len(prefix):] for g in report["groups"]
+                            if g["reason"] and g["reason"].startswith(prefix)})
+    return cell
+
+
+def settings_for(criterion: str) -> tuple[Setting, ...]:
+    return MAGNITUDE_SETTINGS if criterion in MAGNITUDE_CRITERIA else DATA_SETTINGS
+
+
+def table_a(name: str, split: Split, args: argparse.Namespace) -> list[list[Cell]]:
+    """One row of cells per criterion x setting. A row stops at a cell that is not
+    applicable: spa refused it, or the criterion scored no group and removed nothing."""
+    rows = [(criterion, setting) for criterion in args.criteria for setting in settings_for(criterion)]
+    verified = VERIFIED_ROW if VERIFIED_ROW in {(c, s.label) for c, s in rows} else (rows[0][0], rows[0][1].label)
+    table = []
+    for criterion, setting in rows:
+        row = []
+        for ratio in args.ratios:
+            verify = (criterion, setting.label) == verified and ratio == args.ratios[-1]
+            cell = run_cell(name, Cell(criterion, setting.label, "local", ratio=ratio, verified=verify),
+                            setting, split, args.calib_samples)
+            row.append(cell)
+            if not_applicable(cell):
+                break
+        table.append(row)
+    return table
+
+
+def table_b(name: str, split: Split, args: argparse.Namespace) -> list[list[Cell]]:
+    return [[run_cell(name, Cell(criterion, setting.label, "global", target_macs=target), setting, split,
+                      args.calib_samples) for target in MACS_TARGETS]
+            for criterion, setting in TARGET_ROWS if criterion in args.criteria]
+
+
+def run_model(name: str, directory: Path, args: argparse.Namespace) -> dict:
+    split = write_split(name, directory)
+    before = accuracy(TRAINED / f"{name}.onnx", split)
+    log(f"{name}: {before:.2f}% before pruning")
+    return {"model": name, "accuracy_before": before, "table_a": table_a(name, split, args),
+            "table_b": table_b(name, split, args)}
+
+
+def not_applicable(cell: Cell) -> str | None:
+    """Why a cell has no number: spa refused the call, or the criterion scored no group."""
+    if cell.refused:
+        return "n/a: " + cell.refused
+    if cell.error is None and cell.unscored and cell.channels_removed == 0:
+        return "n/a: " + "; ".join(cell.unscored)
+    return None
+
+
+def accuracy_text(cell: Cell) -> str:
+    if cell.accuracy is None:
+        return not_applicable(cell) or "ERROR"
+    return f"{cell.accuracy:.1f}" + ("*" if cell.verified else "")
+
+
+def macs_rows(table: list[list[Cell]], ratios: list[float]) -> list[list[str]]:
+    """One line per distinct MACs sweep (after/before), naming the criteria that reach it:
+    a criterion that keeps some groups whole prunes fewer MACs at the same ratio."""
+    sweeps: dict[tuple[str, ...], list[str]] = {}
+    for row in table:
+        if not not_applicable(row[0]):
+            sweep = tuple(f"{c.macs:.3f}" if c.macs is not None else "" for c in row)
+            names = sweeps.setdefault(sweep + ("",) * (len(ratios) - len(sweep)), [])
+            if row[0].criterion not in names:
+                names.append(row[0].criterion)
+    return [["*MACs after/before*", ", ".join(names)] + list(sweep) for sweep, names in sweeps.items()]
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(line) + " |"
+                                                                            for line in lines]
+
+
+def format_table_a(table: list[list[Cell]], ratios: list[float]) -> list[str]:
+    lines = macs_rows(table, ratios)
+    for row in table:
+        reason = not_applicable(row[0])
+        cells = [reason] if reason else [accuracy_text(c) for c in row]
+        lines.append([row[0].criterion, row[0].setting] + cells + [""] * (len(ratios) - len(cells)))
+    return markdown_table(["criterion", "setting"] + [f"{r:g}" for r in ratios], lines)
+
+
+def format_table_b(table: list[list[Cell]]) -> list[str]:
+    lines = [[f"{row[0].criterion}, {row[0].setting}"]
+             + [accuracy_text(c) + (f" (MACs {c.macs:.3f})" if c.macs is not None else "") for c in row]
+             for row in table]
+    return markdown_table(["criterion, setting"] + [f"MACs target {t:g}" for t in MACS_TARGETS], lines)
+
+
+def row_cells(table: list[list[Cell]], criterion: str, setting: str) -> dict[float, Cell] | None:
+    row = next((r for r in table if (r[0].criterion, r[0].setting) == (criterion, setting)), None)
+    return None if row is None else {c.ratio: c for c in row}
+
+
+def check_line(result: dict) -> str:
+    """PASS if "obs, calib" beats both l2 rows at every ratio >= CHECK_FROM; a caveat
+    names the ratios where obs pruned a different share of MACs than l2."""
+    table = result["table_a"]
+    obs = row_cells(table, "obs", "calib")
+    rivals = {f"l2 {s.label}": row_cells(table, "l2", s.label) for s in MAGNITUDE_SETTINGS}
+    if obs is None or None in rivals.values():
+        return f"- {result['model']}: skipped (needs the obs and l2 rows)"
+    failing, uneven = [], []
+    for ratio in (r for r in obs if r >= CHECK_FROM - 1e-9):
+        mine = obs[ratio]
+        beaten = [f"{label} {accuracy_text(rival[ratio]) if ratio in rival else 'missing'}"
+                  for label, rival in rivals.items()
+                  if mine.accuracy is None or ratio not in rival or rival[ratio].accuracy is None
+                  or mine.accuracy <= rival[ratio].accuracy]
+        if beaten:
+            failing.append(f"{ratio:g} (obs {accuracy_text(mine)} vs {', '.join(beaten)})")
+        l2 = next(iter(rivals.values())).get(ratio)
+        if mine.macs is not None and l2 is not None and l2.macs is not None and abs(mine.macs - l2.macs) > 1e-3:
+            uneven.append(f"{ratio:g}: {mine.macs:.3f} vs {l2.macs:.3f}")
+    verdict = "PASS" if not failing else "FAIL at " + "; ".join(failing)
+    caveat = f"; not at equal cost, MACs after/before obs vs l2 at {', '.join(uneven)}" if uneven else ""
+    return f"- {result['model']}: {verdict}{caveat}"
+
+
+def kept_whole(result: dict) -> list[str]:
+    """Groups a criterion could not score while it pruned others, criteria with the same reasons together."""
+    reasons: dict[str, set[str]] = {}
+    for row in result["table_a"] + result["table_b"]:
+        for cell in row:
+            if cell.channels_removed:
+                reasons.setdefault(cell.criterion, set()).update(cell.unscored)
+    by_reasons: dict[tuple[str, ...], list[str]] = {}
+    for criterion, found in reasons.items():
+        if found:
+            by_reasons.setdefault(tuple(sorted(found)), []).append(criterion)
+    return [f"- {', '.join(criteria)}: {len(found)} group(s) kept whole: {'; '.join(found)}"
+            for found, criteria in by_reasons.items()]
+
+
+def median_times(results: list[dict], criteria: list[str]) -> list[str]:
+    """Median prune seconds in Table A per criterion and model, with calibration data / without."""
+    header = ["criterion"] + [r["model"] for r in results]
+    lines = []
+    for criterion in criteria:
+        line = [criterion]
+        for result in results:
+            cells = [c for row in result["table_a"] for c in row if c.criterion == criterion and c.seconds is not None]
+            halves = [[c.seconds for c in cells if ("calib" in c.setting) == calib] for calib in (True, False)]
+            line.append(" / ".join(f"{statistics.median(h):.2f}" if h else "-" for h in halves))
+        lines.append(line)
+    return markdown_table(header, lines)
+
+
+def markdown(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+    out = ["# Pruning quality without fine-tuning", "",
+           f"`python tools/bench_quality.py {' '.join(sys.argv[1:])}`: spa.api.prune at round_to={ROUND_TO}, "
+           f"{args.calib_samples or 'all'} calibration samples, onnxruntime {ort.__version__} CPU, "
+           f"{os.cpu_count()} cores, total {elapsed / 60:.1f} min. Cells are test accuracy in % "
+           "(400 samples); `*` marks the call run with verify=True.", ""]
+    for result in results:
+        out += [f"## {result['model']}", "", f"Accuracy before pruning: {result['accuracy_before']:.2f}%", "",
+                "Table A: ratio sweep, local scope", ""]
+        out += format_table_a(result["table_a"], args.ratios) + [""]
+        if result["table_b"]:
+            out += ["Table B: MACs targets, global scope", ""] + format_table_b(result["table_b"]) + [""]
+        partial = kept_whole(result)
+        out += ["Groups kept whole by a criterion that pruned others:", ""] + partial + [""] if partial else []
+    out += ["## Cost: median seconds per prune call in Table A (with calibration data / without)", ""]
+    out += median_times(results, args.criteria) + [""]
+    out += [f"## Check: obs with calibration beats l2 (no data, and with calib correction) at every ratio "
+            f">= {CHECK_FROM:g}", ""] + [check_line(r) for r in results] + [""]
+    errors = [c.error for r in results for table in ("table_a", "table_b") for row in r[table] for c in row if c.error]
+    out += ["## Errors", ""] + [f"- `{e}`" for e in errors] + [""] if errors else []
+    return "\n".join(out)
+
+
+def parse_list(text: str, convert: Callable[[str], Any] = str) -> list:
+    return [convert(item) for item in text.split(",") if item]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=parse_list, help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--criteria", type=parse_list, default=list(CRITERIA), help="comma-separated")
+    parser.add_argument("--ratios", type=lambda t: parse_list(t, float), help="comma-separated, for Table A")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"ratios {','.join(map(str, QUICK_RATIOS))} on {', '.join(QUICK_MODELS)}")
+    parser.add_argument("--calib-samples", type=int, help="use the first N calibration samples (default all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "tools" / "results" / "quality.md")
+    args = parser.parse_args()
+    args.models = args.models or list(QUICK_MODELS if args.quick else MODELS)
+    args.ratios = sorted(args.ratios or (QUICK_RATIOS if args.quick else RATIOS))
+    for value, known, what in ((args.models, MODELS, "model"), (args.criteria, CRITERIA, "criterion")):
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            parser.error(f"unknown {what} {unknown[0]!r} (choose from {', '.join(known)})")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        results = [run_model(name, Path(directory), args) for name in args.models]
+    elapsed = time.perf_counter() - started
+    text = markdown(results, args, elapsed)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    as_json = [{**r, **{t: [[asdict(c) for c in row] for row in r[t]] for t in ("table_a", "table_b")}}
+               for r in results]
+    args.out.with_suffix(".json").write_text(json.dumps({"elapsed_s": elapsed, "results": as_json}, indent=1))
+    log(f"wrote {args.out} and {args.out.with_suffix('.json')} in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
