@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, Group, analyze
 from spa.bias import add_zero_biases, drop_zero_biases
 from spa.calib import Calibration, load_calibration, synthetic_calibration
-from spa.compensate import COMPENSATING, prune_in_order
+from spa.compensate import COMPENSATING, mark_removed, prune_in_order
 from spa.correct import correct_statistics, output_moments
 from spa.errors import SpaError
 from spa.layers import LinearLayer
@@ -85,17 +85,16 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
     if loaded.external and verify and output is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
-    current, history, first, steps_done = loaded, [], None, None
+    current, history, done = loaded, [], None
     for step in range(1, steps + 1):
         step_plan = _step_plan(plan, step, steps, loaded.model, current.model)
         pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
                         "channels_removed": sum(map(len, removed.values()))})
-        first = first or analysis
-        steps_done = _StepsDone(first) if steps_done is None else steps_done
-        steps_done.add(analysis, removed, scores)
+        done = done or _StepsDone(analysis)
+        done.add(analysis, removed, scores)
         current = Loaded(pruned, loaded.base_dir, None)
-    analysis, removed, scores = first, steps_done.removed, steps_done.scores
+    analysis, removed, scores = done.first, done.removed, done.scores
     report = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
     result = PruneResult(pruned, analysis, removed, report)
     if verify and masked is not None:
@@ -115,6 +114,7 @@ class _StepsDone:
     sees the groups of the model the previous step left, with the same ids."""
 
     def __init__(self, first: Analysis) -> None:
+        self.first = first
         self.positions = {g.id: list(range(g.size)) for g in first.groups}  # step channel -> input channel
         self.removed: dict[int, list[int]] = {}
         self.scores = Scores({}, {})
@@ -262,10 +262,7 @@ def _removed_outputs(analysis: Analysis, removed: dict[int, list[int]],
     positions: dict[tuple[str, int], set[int]] = {}
     groups = {g.id: g for g in analysis.groups}
     for gid, channels in removed.items():
-        for member in groups[gid].members:
-            if member.producer:
-                taken = positions.setdefault((member.initializer, member.axis), set())
-                taken.update(p for c in channels for p in member.index[c])
+        mark_removed(positions, groups[gid], channels)
     return {layer.node.name: positions.get((layer.weight.name, layer.weight_output_axis), set())
             for layer in layers}
 

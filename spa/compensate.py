@@ -41,12 +41,17 @@ def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int],
         else:
             channels = choose(group, scores.values[group.id], count)
         zero_channels(graph, group, channels)
-        for member in group.members:
-            if member.within is None:
-                gone.setdefault((member.initializer, member.axis), set()).update(
-                    p for c in channels for p in member.index[c])
+        mark_removed(gone, group, channels)
         removed[group.id] = channels
     return removed
+
+
+def mark_removed(positions: dict[tuple[str, int], set[int]], group: Group, channels: list[int]) -> None:
+    """Add the initializer positions `channels` own to `positions`, by (initializer, axis)."""
+    for member in group.members:
+        if member.within is None:
+            positions.setdefault((member.initializer, member.axis), set()).update(
+                p for c in channels for p in member.index[c])
 
 
 def zero_channels(graph: gs.Graph, group: Group, channels: list[int]) -> None:
@@ -121,8 +126,7 @@ def _without_gone(layer: LinearLayer, hessian: np.ndarray, gone: dict[tuple[str,
     positions = sorted(gone.get((layer.weight.name, layer.weight_input_axis), ()))
     if not positions:
         return hessian
-    width = int(np.prod(layer.kernel, dtype=np.int64))
-    columns = (np.asarray(positions)[:, None] * width + np.arange(width)).reshape(-1)
+    columns = layer.position_columns(positions)
     hessian = hessian.copy()
     hessian[columns, :] = 0.0
     hessian[:, columns] = 0.0

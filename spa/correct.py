@@ -27,7 +27,7 @@ RATIO_LIMITS = (0.1, 10.0)
 def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration,
                    ir_version: int) -> dict[str, Moments]:
     """Per layer (by node name): mean and variance of each output channel."""
-    moments = {layer.node.name: Moments(layer.output_axis) for layer in layers}
+    moments = {layer.node.name: Moments(layer.channel_axis) for layer in layers}
     by_tensor: dict[str, list] = {}
     for layer in layers:
         by_tensor.setdefault(layer.output.name, []).append(moments[layer.node.name])
@@ -36,10 +36,9 @@ def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Cali
 
 
 def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: dict[str, Moments],
-                       removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int) -> int:
-    """Restore every layer's kept output channels' moments; returns how many layers changed."""
+                       removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int) -> None:
+    """Restore every layer's kept output channels' moments."""
     position = {id(node): i for i, node in enumerate(graph.nodes)}
-    corrected = 0
     for layer in sorted(layers, key=lambda item: position[id(item.node)]):
         now = output_moments(graph, [layer], calibration, ir_version)[layer.node.name]
         before = reference[layer.node.name]
@@ -50,10 +49,6 @@ def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: di
             _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
         elif layer.bias is not None:
             _restore_rows(layer, before.mean, now.mean, ratio, kept)
-        else:
-            continue
-        corrected += 1
-    return corrected
 
 
 def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray) -> np.ndarray:
@@ -78,13 +73,14 @@ def _restore_batchnorm(norm: gs.Node, mean_before: np.ndarray, mean_after: np.nd
                        ratio: np.ndarray, kept: np.ndarray) -> None:
     mean_tensor, variance_tensor = norm.inputs[3], norm.inputs[4]
     epsilon = norm.attrs.get("epsilon", 1e-5)
-    mean = read_values(mean_tensor).astype(np.float64)
-    std = np.sqrt(read_values(variance_tensor).astype(np.float64) + epsilon)
+    running_mean, running_variance = read_values(mean_tensor), read_values(variance_tensor)
+    mean = running_mean.astype(np.float64)
+    std = np.sqrt(running_variance.astype(np.float64) + epsilon)
     new_mean, new_std = mean.copy(), std.copy()
     new_std[kept] = std[kept] * ratio[kept]
     new_mean[kept] = mean_after[kept] - (mean_before[kept] - mean[kept]) * ratio[kept]
-    mean_tensor.values = new_mean.astype(read_values(mean_tensor).dtype)
-    variance_tensor.values = np.maximum(np.square(new_std) - epsilon, 0).astype(read_values(variance_tensor).dtype)
+    mean_tensor.values = new_mean.astype(running_mean.dtype)
+    variance_tensor.values = np.maximum(np.square(new_std) - epsilon, 0).astype(running_variance.dtype)
 
 
 def _restore_rows(layer: LinearLayer, mean_before: np.ndarray, mean_after: np.ndarray,

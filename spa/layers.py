@@ -37,8 +37,13 @@ class LinearLayer:
         return tuple(self.weight.shape[2:]) if self.node.op == "Conv" else ()
 
     @property
-    def output_axis(self) -> int:
-        """Axis of `output` holding the layer's outputs (channels of a Conv)."""
+    def kernel_size(self) -> int:
+        """Matrix columns per input position (k×k for a 2-D Conv, 1 for a linear layer)."""
+        return math.prod(self.kernel)
+
+    @property
+    def channel_axis(self) -> int:
+        """The axis of `input` and `output` holding features (channels of a Conv)."""
         return 1 if self.node.op == "Conv" else -1
 
     @property
@@ -77,10 +82,12 @@ class LinearLayer:
 
     def columns(self, member: Member) -> list[np.ndarray]:
         """Per channel of the member's group: its columns in `matrix()`."""
-        per_position = math.prod(self.kernel)
-        offsets = np.arange(per_position)
-        return [(np.asarray(index, dtype=np.int64)[:, None] * per_position + offsets).reshape(-1)
-                for index in member.index]
+        return [self.position_columns(index) for index in member.index]
+
+    def position_columns(self, positions) -> np.ndarray:
+        """The matrix columns of the given input positions, kernel columns included."""
+        offsets = np.arange(self.kernel_size)
+        return (np.asarray(positions, dtype=np.int64).reshape(-1, 1) * self.kernel_size + offsets).reshape(-1)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Calibration rows [samples, features (+1)] of this layer's input `x`."""
@@ -103,7 +110,7 @@ class LinearLayer:
             + tuple(slice(None, None, d) for d in dilations)
         windows = windows[index]
         moved = np.moveaxis(windows, 1, 1 + spatial)  # [N, *out, C, *kernel]
-        return moved.reshape(-1, x.shape[1] * math.prod(self.kernel))
+        return moved.reshape(-1, x.shape[1] * self.kernel_size)
 
     def _pads(self, size: tuple[int, ...]) -> list[tuple[int, int]]:
         attrs = self.node.attrs
@@ -129,7 +136,7 @@ def consumer_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearLay
     """The linear layers reading the group's channels, each with its member; and, for
     every weighted consumer that is not such a layer, why (data criteria cannot measure
     what removing a channel does there)."""
-    readers = _weight_readers(graph)
+    readers = weight_readers(graph)
     layers, problems = [], []
     for member in group.members:
         if member.producer or member.role != "weight" or member.rank < 2:
@@ -142,7 +149,8 @@ def consumer_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearLay
     return layers, problems
 
 
-def _weight_readers(graph: gs.Graph) -> dict[str, list[gs.Node]]:
+def weight_readers(graph: gs.Graph) -> dict[str, list[gs.Node]]:
+    """Per initializer: the nodes that read it."""
     readers: dict[str, list[gs.Node]] = {}
     for node in graph.nodes:
         for tensor in node.inputs:

@@ -18,7 +18,7 @@ from spa.analyze import Group, Member
 from spa.calib import Calibration
 from spa.collect import Hessian, Moments, collect
 from spa.errors import SpaError
-from spa.layers import LinearLayer, consumer_layers
+from spa.layers import LinearLayer, consumer_layers, weight_readers
 from spa.load import read_values
 
 MAGNITUDE_CRITERIA = ("random", "l1", "l2", "bn-scale")
@@ -63,25 +63,26 @@ def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring,
     come from the pruning pass, measured group by group)."""
     scoring.check()
     rng = np.random.default_rng(scoring.seed)
-    readers = _readers(graph)
+    layers_of = {g.id: measurable_layers(graph, g) for g in groups} if scoring.needs_data else {}
+    readers = weight_readers(graph) if scoring.criterion == "bn-scale" else {}
     measured = {}
-    if scoring.needs_data and calibration is not None:
-        layers = [layer for group in groups for layer, _ in measurable_layers(graph, group)[0]]
+    if layers_of and calibration is not None:
+        layers = [layer for found, _ in layers_of.values() for layer, _ in found]
         measured = measure(graph, layers, scoring.criterion, calibration, ir_version)
     values, unscored = {}, {}
     for group in groups:
         if scoring.criterion == "random":
             values[group.id] = rng.random(group.size)
             continue
-        if scoring.needs_data and calibration is None:
-            problem = measurable_layers(graph, group)[1]
-            if problem:
-                unscored[group.id] = problem
-            continue
-        per_member, problem = _member_scores(graph, group, scoring, readers, measured)
+        if scoring.needs_data:
+            layers, problem = layers_of[group.id]
+            per_member = [layer_scores(scoring.criterion, layer, member, measured[layer.node.name], scoring.damping)
+                          for layer, member in layers] if measured and not problem else []
+        else:
+            per_member, problem = _magnitude_scores(graph, group, scoring.criterion, readers)
         if problem:
             unscored[group.id] = problem
-        else:
+        elif per_member:
             values[group.id] = normalize(reduce(per_member, scoring.reduce), scoring.normalize)
     return Scores(values, unscored)
 
@@ -124,32 +125,25 @@ def measure(graph: gs.Graph, layers: list[LinearLayer], criterion: str, calibrat
         if criterion in ("obs", "greedy"):
             accumulator = Hessian(layer.features)
         else:
-            accumulator = Moments(1 if layer.node.op == "Conv" else -1)
+            accumulator = Moments(layer.channel_axis)
         accumulators[layer.node.name] = accumulator
         by_tensor.setdefault(layer.input.name, []).append(accumulator)
     collect(graph, calibration, by_tensor, ir_version, label=label or f"{criterion}: all groups")
     return accumulators
 
 
-def _member_scores(graph: gs.Graph, group: Group, scoring: Scoring, readers: dict, measured: dict
-                   ) -> tuple[list[np.ndarray], str | None]:
-    criterion = scoring.criterion
+def _magnitude_scores(graph: gs.Graph, group: Group, criterion: str, readers: dict[str, list[gs.Node]]
+                      ) -> tuple[list[np.ndarray], str | None]:
     tensors = graph.tensors()
     if criterion in ("l1", "l2"):
         power = 1 if criterion == "l1" else 2
         return [member_powers(m, read_values(tensors[m.initializer]), power)
                 for m in group.members if m.role == "weight"], None
-    if criterion == "bn-scale":
-        scales = [m for m in group.members if any(n.op == "BatchNormalization" and n.inputs[1].name == m.initializer
-                                                  for n in readers.get(m.initializer, []))]
-        if not scales:
-            return [], "no BatchNormalization scale in this group"
-        return [member_powers(m, read_values(tensors[m.initializer]), 1) for m in scales], None
-    layers, problem = measurable_layers(graph, group)
-    if problem:
-        return [], problem
-    return [layer_scores(criterion, layer, member, measured[layer.node.name], scoring.damping)
-            for layer, member in layers], None
+    scales = [m for m in group.members if any(n.op == "BatchNormalization" and n.inputs[1].name == m.initializer
+                                              for n in readers.get(m.initializer, []))]
+    if not scales:
+        return [], "no BatchNormalization scale in this group"
+    return [member_powers(m, read_values(tensors[m.initializer]), 1) for m in scales], None
 
 
 def layer_scores(criterion: str, layer: LinearLayer, member: Member, measured: Moments | Hessian,
@@ -171,15 +165,7 @@ def layer_scores(criterion: str, layer: LinearLayer, member: Member, measured: M
 def column_values(layer: LinearLayer, per_position: np.ndarray) -> np.ndarray:
     """A per-input-position statistic spread over the layer's matrix columns (a Conv has
     one column per kernel position of each input channel)."""
-    return np.repeat(per_position, int(np.prod(layer.kernel, dtype=np.int64)))
-
-
-def _readers(graph: gs.Graph) -> dict[str, list[gs.Node]]:
-    readers: dict[str, list[gs.Node]] = {}
-    for node in graph.nodes:
-        for tensor in node.inputs:
-            readers.setdefault(tensor.name, []).append(node)
-    return readers
+    return np.repeat(per_position, layer.kernel_size)
 
 
 def member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:

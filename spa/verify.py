@@ -12,8 +12,8 @@ from spa.errors import SpaError, first_line
 from spa.inputs import make_inputs
 from spa.load import Loaded
 
-DYNAMIC_DIMS = (3, 1)
-EQUIVALENCE_ATOL, EQUIVALENCE_RTOL = 1e-5, 1e-4  # sizes tried for symbolic dims: 3 first, 1 for exports that bake batch 1
+DYNAMIC_DIMS = (3, 1)  # sizes tried for symbolic dims: 3 first, 1 for exports that bake batch 1
+EQUIVALENCE_ATOL, EQUIVALENCE_RTOL = 1e-5, 1e-4  # pruned vs zeroed model
 
 
 def run_model(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fixture_report import max_error, summary  # tools/ is on sys.path when run as a script
+from fixture_report import max_error, print_report, summary  # tools/ is on sys.path when run as a script
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SEED = 0
@@ -312,12 +312,7 @@ def main() -> None:
             if suffix == "_bn":
                 assert any(n.op_type == "BatchNormalization" for n in onnx_model.graph.node), path.name
             rows.append(summary(onnx_model, path, err))
-    print(f"{'file':32} {'size':>9} {'params':>8} opset/IR  max|err|  ops")
-    print("\n".join(rows))
-    total = sum(f.stat().st_size for f in MODELS_DIR.glob("*.onnx"))
-    print(f"total {total / 1024:.1f}K in {len(rows)} files")
-    if skipped:
-        print("skipped dynamo exports:\n  " + "\n  ".join(skipped))
+    print_report(rows, MODELS_DIR, skipped)
 
 
 if __name__ == "__main__":

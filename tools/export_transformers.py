@@ -21,7 +21,7 @@ from torch import nn
 from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification)
 
-from fixture_report import max_error, summary  # tools/ is on sys.path when run as a script
+from fixture_report import max_error, print_report, summary  # tools/ is on sys.path when run as a script
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "models" / "transformers"
 SEED = 0
@@ -219,12 +219,7 @@ def main() -> None:
             if suffix.endswith("_dynamic"):
                 err = max(err, compare(fx, path, fx.other_inputs))
             rows.append(summary(onnx_model, path, err))
-    print(f"{'file':31} {'size':>8} {'params':>7} opset/IR  max|err|  ops")
-    print("\n".join(rows))
-    total = sum(f.stat().st_size for f in OUT_DIR.glob("*.onnx"))
-    print(f"total {total / 1024:.1f}K in {len(rows)} files")
-    if skipped:
-        print("skipped dynamo exports:\n  " + "\n  ".join(skipped))
+    print_report(rows, OUT_DIR, skipped)
 
 
 if __name__ == "__main__":

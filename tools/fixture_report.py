@@ -23,3 +23,13 @@ def summary(model: onnx.ModelProto, path: Path, err: float) -> str:
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     return (f"{path.name:32} {path.stat().st_size / 1024:8.1f}K {params:8d} "
             f"op{opset}/ir{model.ir_version} err={err:.1e}  {hist}")
+
+
+def print_report(rows: list[str], out_dir: Path, skipped: list[str]) -> None:
+    """The summary rows under a header, the folder's total size, and what was skipped."""
+    print(f"{'file':32} {'size':>9} {'params':>8} opset/IR  max|err|  ops")
+    print("\n".join(rows))
+    total = sum(f.stat().st_size for f in out_dir.glob("*.onnx"))
+    print(f"total {total / 1024:.1f}K in {len(rows)} files")
+    if skipped:
+        print("skipped dynamo exports:\n  " + "\n  ".join(skipped))
