@@ -15,14 +15,14 @@ from spa.compensate import COMPENSATING, mark_removed, prune_in_order
 from spa.correct import correct_statistics, output_moments
 from spa.errors import SpaError
 from spa.layers import LinearLayer
-from spa.load import Loaded, ModelSource, import_graph, load_model
+from spa.load import Loaded, ModelSource, import_graph, input_files, load_model
 from spa.metrics import summarize
 from spa.obs import DEFAULT_DAMPING
 from spa.rewrite import rewrite
-from spa.save import save_model
+from spa.save import check_outputs, save_model, write_json
 from spa.score import Scores, Scoring, measurable_layers, score_groups
 from spa.select import DEFAULT_ROUND_TO, Selection, choose, removal_counts
-from spa.verify import verify_equivalent, verify_pruned
+from spa.verify import reference_run, verify_equivalent, verify_pruned
 
 SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
 TARGET_MAX_RATIO = 0.95  # --target-macs/--target-params search the ratio up to this
@@ -67,7 +67,7 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
           reduce: str = "sum", normalize: str = "mean", target_macs: float | None = None,
           target_params: float | None = None, steps: int = 1, calib: str | Path | Calibration | None = None,
           calib_samples: int | None = None, correct_stats: bool | None = None,
-          damping: float = DEFAULT_DAMPING) -> PruneResult:
+          damping: float = DEFAULT_DAMPING, report: str | Path | None = None) -> PruneResult:
     """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
     group (scope "local"), or of all channels ranked together (scope "global"), or as
     many as it takes to bring MACs or parameters down to `target_macs`/`target_params`
@@ -75,38 +75,50 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
     correction (on by default with `calib`) run calibration data, or synthetic inputs
     without it. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
-    they were), unless nothing is prunable and not `write_unchanged`."""
+    they were), unless nothing is prunable and not `write_unchanged`; with `report` the
+    JSON report is written there too. No output may be a file the input reads."""
     target = _target(target_macs, target_params)
     plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
                 Selection(ratio, scope, round_to, min_keep, max_ratio), tuple(targets), include_inexact,
                 tuple(ignore), target, correct_stats if correct_stats is not None else calib is not None)
     _check_arguments(plan, steps)
     loaded = load_model(source)
+    protected = input_files(loaded)
+    outputs = {"output": _path(output), "report": _path(report)}
+    check_outputs(protected, outputs)
     if loaded.external and verify and output is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
+    reference = reference_run(loaded, calibration, seed) if verify else None
     current, history, done = loaded, [], None
     for step in range(1, steps + 1):
         step_plan = _step_plan(plan, step, steps, loaded.model, current.model)
         pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify)
+        if verify and masked is not None:  # every step: a wrong cut in step 1 must not pass
+            verify_equivalent(masked, pruned, reference.feeds)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
                         "channels_removed": sum(map(len, removed.values()))})
         done = done or _StepsDone(analysis)
         done.add(analysis, removed, scores)
         current = Loaded(pruned, loaded.base_dir, None)
     analysis, removed, scores = done.first, done.removed, done.scores
-    report = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
-    result = PruneResult(pruned, analysis, removed, report)
-    if verify and masked is not None:
-        verify_equivalent(masked, pruned, calibration)
+    summary = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
+    result = PruneResult(pruned, analysis, removed, summary)
     prunable = analysis.prunable_groups(include_inexact, tuple(targets))
     if output is not None and (write_unchanged or prunable):
-        check = (lambda path: verify_pruned(loaded, path, seed)) if verify else None
-        report["max_output_difference"] = save_model(pruned, Path(output), loaded.external, loaded.base_dir, check)
-        result.written = Path(output)
+        check = (lambda path: verify_pruned(reference, path)) if verify else None
+        summary["max_output_difference"] = save_model(pruned, outputs["output"], loaded.external, loaded.base_dir,
+                                                      check, protected)
+        result.written = outputs["output"]
     elif output is None and verify:
-        report["max_output_difference"] = verify_pruned(loaded, pruned, seed)
+        summary["max_output_difference"] = verify_pruned(reference, pruned)
+    if outputs["report"] is not None:
+        write_json(outputs["report"], summary)
     return result
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 class _StepsDone:
@@ -288,6 +300,8 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The rewritten graph as a model with the original's IR version, opsets and metadata."""
     model = gs.export_onnx(graph, do_type_check=False)
     _keep_original_value_info(model, original)
+    if original.ir_version < 4:  # IR 3: every initializer is also a graph input
+        _initializers_as_inputs(model)
     model.ir_version = original.ir_version
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
@@ -298,6 +312,14 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     del model.functions[:]
     model.functions.extend(original.functions)
     return model
+
+
+def _initializers_as_inputs(model: onnx.ModelProto) -> None:
+    declared = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in declared:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                        list(tensor.dims)))
 
 
 def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto) -> None:

@@ -5,33 +5,42 @@ from __future__ import annotations
 import os
 import time
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from spa.errors import SpaError, first_line
 from spa.inputs import make_inputs
+from spa.load import load_model
 from spa.metrics import summarize
+from spa.runtime import session
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
 
-def _load(model: ModelLike) -> tuple[onnx.ModelProto, str | bytes]:
-    """The proto for metrics and what to give onnxruntime. A path is passed as a path so
-    onnxruntime resolves external data itself; the proto is loaded without that data."""
-    if isinstance(model, onnx.ModelProto):
-        return model, model.SerializeToString()
-    return onnx.load(model, load_external_data=False), os.fspath(model)
+def _load(model: ModelLike) -> tuple[onnx.ModelProto, onnx.ModelProto | Path]:
+    """The validated proto for metrics and what to give onnxruntime. A path is passed as a
+    path so onnxruntime resolves external data itself; the proto is loaded without it."""
+    loaded = load_model(model)
+    return loaded.model, loaded.path if loaded.path is not None else loaded.model
 
 
-def _session(source: str | bytes, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # With interleaved sessions, one session's spin-waiting worker threads steal the
-    # cores the other is running on (bimodal, up to 10x slower timings with 2 threads).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+def _session(source: onnx.ModelProto | Path, threads: int, label: str) -> ort.InferenceSession:
+    try:
+        return session(source, threads=threads, optimize="all", spinning=False)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+        raise SpaError(f"{label} cannot be loaded by onnxruntime: {first_line(error)}") from None
+
+
+def _same_inputs(session_a: ort.InferenceSession, session_b: ort.InferenceSession) -> None:
+    """B may have dropped an input that pruning made unused, nothing else."""
+    inputs_a = {i.name: i.type for i in session_a.get_inputs()}
+    extra = [f"{i.name} ({i.type})" for i in session_b.get_inputs() if inputs_a.get(i.name) != i.type]
+    if extra:
+        raise SpaError(f"the models take different inputs: the second needs {', '.join(extra)}, "
+                       f"the first takes {', '.join(inputs_a)}")
 
 
 def _timed_run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
@@ -74,11 +83,16 @@ def bench(
         raise ValueError(f"runs must be at least 1, got {runs}")
     proto_a, source_a = _load(model_a)
     proto_b, source_b = _load(model_b)
-    session_a, session_b = _session(source_a, threads), _session(source_b, threads)
+    session_a, session_b = _session(source_a, threads, "the first model"), _session(source_b, threads, "the second model")
+    _same_inputs(session_a, session_b)
     feed_a = make_inputs(proto_a, seed=seed, dim_values=dim_values)
     names_b = {value.name for value in session_b.get_inputs()}
-    # B may have dropped an input that pruning made unused.
     feed_b = {name: array for name, array in feed_a.items() if name in names_b}
+    for label, (run_session, feed) in (("first", (session_a, feed_a)), ("second", (session_b, feed_b))):
+        try:
+            run_session.run(None, feed)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+            raise SpaError(f"the {label} model fails in onnxruntime on a synthetic input: {first_line(error)}") from None
 
     for _ in range(warmup):
         session_a.run(None, feed_a)

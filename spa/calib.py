@@ -23,13 +23,12 @@ import numpy as np
 import onnx
 
 from spa.errors import SpaError, first_line
-from spa.inputs import InputSpec, concrete_shape, input_specs
+from spa.inputs import InputMaker, InputSpec, input_specs
 
 T = TypeVar("T")
 Feed = dict[str, np.ndarray]
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 _ACCEPTS = {"f": "fiu", "i": "iub", "u": "iub", "b": "b"}  # input dtype kind -> data kinds cast silently
-_PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 
 
 def _fixed_batch(specs: list[InputSpec]) -> int | None:
@@ -187,48 +186,18 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
 # ---- synthetic ----------------------------------------------------------------------------------
 
 
-def _embedding_rows(model: onnx.ModelProto, name: str) -> int | None:
-    """Rows of the smallest embedding table (a Gather over an initializer) that `name` indexes."""
-    tables = {t.name: list(t.dims) for t in model.graph.initializer}
-    rows, frontier, seen = [], [name], {name}
-    while frontier:
-        tensor = frontier.pop()
-        for node in model.graph.node:
-            if node.op_type == "Gather" and node.input[1:2] == [tensor] and node.input[0] in tables:
-                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                rows.append(tables[node.input[0]][axis])
-            elif node.op_type in _PASS_THROUGH and node.input[:1] == [tensor] and node.output[0] not in seen:
-                seen.add(node.output[0])
-                frontier.append(node.output[0])
-    return min(rows) if rows else None
-
-
 def synthetic_calibration(
     model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16
 ) -> Calibration:
-    """Random samples: floats ~ N(0,1), embedding ids uniform in the table, "mask" inputs all ones,
-    other ints in 0..9, random bools. Symbolic non-batch dims take `default_dim`."""
-    specs = input_specs(model)
-    rows = {s.name: _embedding_rows(model, s.name) for s in specs if s.dtype.kind in "iu"}
-
-    def draw(spec: InputSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
-        if spec.dtype.kind == "f":
-            return rng.standard_normal(shape).astype(spec.dtype)
-        if spec.dtype.kind == "b":
-            return rng.integers(0, 2, shape).astype(bool)
-        if spec.dtype.kind not in "iu":
-            raise SpaError(f"input {spec.name!r}: no synthetic data for dtype {spec.dtype}")
-        if rows[spec.name]:
-            return rng.integers(0, rows[spec.name], shape).astype(spec.dtype)
-        if "mask" in spec.name.lower():
-            return np.ones(shape, spec.dtype)
-        return rng.integers(0, 10, shape).astype(spec.dtype)
+    """Random samples from spa.inputs.InputMaker (the same rules as every synthetic input):
+    floats ~ N(0,1), table indices within the table, masks 0/1 padding masks. Open non-batch
+    dims the graph does not fix take `default_dim`."""
+    maker = InputMaker(model)
+    specs = maker.specs
 
     def chunks(size: int = 32) -> Iterator[Feed]:
-        rng = np.random.default_rng(seed)
-        for start in range(0, samples, size):
-            count = min(size, samples - start)
-            yield {s.name: draw(s, [count, *concrete_shape(s.shape[1:], None, default_dim)], rng) for s in specs}
+        for index, start in enumerate(range(0, samples, size)):
+            yield maker.feeds(seed + index, default_dim=default_dim, batch=min(size, samples - start))
 
     _fixed_batch(specs)
     return _finish("synthetic", specs, samples, None, chunks)

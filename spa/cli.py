@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import tempfile
+import threading
 import traceback
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-from spa.analyze import DEFAULT_TARGETS, KINDS
-from spa.api import inspect, prune
 from spa.errors import SpaError
-from spa.report import inspect_table, prune_summary
-from spa.save import check_writable
-from spa.obs import DEFAULT_DAMPING
-from spa.score import CRITERIA, NORMALIZATIONS, REDUCTIONS
-from spa.select import DEFAULT_ROUND_TO, SCOPES
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
 
@@ -26,10 +25,12 @@ class UsageError(SpaError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
-        raise UsageError(f"{message} (see spa {self.prog.split()[-1]} --help)")
+        command = self.prog.split()[-1]
+        raise UsageError(f"{message} (see {'spa' if command == 'spa' else f'spa {command}'} --help)")
 
 
 def _kinds(text: str) -> tuple[str, ...]:
+    from spa.analyze import KINDS
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
@@ -62,6 +63,11 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # imported here, not at the top: start-up stays inside main()'s error handling (Ctrl-C included)
+    from spa.analyze import DEFAULT_TARGETS, KINDS
+    from spa.obs import DEFAULT_DAMPING
+    from spa.score import CRITERIA, NORMALIZATIONS, REDUCTIONS
+    from spa.select import DEFAULT_ROUND_TO, SCOPES
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -110,51 +116,139 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends as one line on stderr and a non-zero exit."""
+    with _guarded_stderr() as stderr:
+        try:
+            with _terminate_as_exit():
+                args = build_parser().parse_args(argv)
+                return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
+        except SpaError as error:
+            _say(stderr, f"spa: error: {error}")
+            return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
+        except KeyboardInterrupt:
+            _say(stderr, "spa: interrupted; nothing written")
+            return 130
+        except _Terminated:
+            _say(stderr, "spa: terminated; nothing written")
+            return 143
+        except BrokenPipeError:  # `spa inspect model.onnx | head`: the reader has all it wants
+            _quiet_stdout()
+            return 0
+        except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
+            if os.environ.get("SPA_DEBUG"):
+                traceback.print_exc(file=stderr)
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _say(stderr, f"spa: internal error: {type(error).__name__}: {message} (SPA_DEBUG=1 shows more)")
+            return EXIT_INTERNAL
+
+
+def _say(stream, line: str) -> None:
+    stream.write(line + "\n")
+    stream.flush()
+
+
+class _Terminated(BaseException):
+    """SIGTERM (timeout, CI cancellation, docker stop): unwinds like Ctrl-C, so scratch
+    files are removed on the way out."""
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated()
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        args = build_parser().parse_args(argv)
-        return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
-    except SpaError as error:
-        print(f"spa: error: {error}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `spa inspect model.onnx | head`: the reader has all it wants
-        sys.stderr.close()
-        return 0
-    except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
-        if os.environ.get("SPA_DEBUG"):
-            traceback.print_exc()
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"spa: internal error: {type(error).__name__}: {message} (SPA_DEBUG=1 shows more)",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _guarded_stderr() -> Iterator:
+    """spa's own messages go to stderr; anything else written there while spa works (a
+    library's log lines, a warning) is held back and shown only with SPA_DEBUG=1. Yields
+    the stream spa's messages go to."""
+    debug = bool(os.environ.get("SPA_DEBUG"))
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.simplefilter("ignore")
+        with _captured_fd(2, enabled=not debug) as captured_text:
+            yield sys.stderr
+    if debug and captured_text():
+        sys.stderr.write(captured_text())
+
+
+@contextlib.contextmanager
+def _captured_fd(fd: int, enabled: bool) -> Iterator:
+    """Point file descriptor `fd` at a temporary file; `sys.stderr` keeps writing to the
+    original through a duplicate. Yields a function returning what was captured."""
+    if not enabled:
+        yield lambda: ""
+        return
+    try:
+        sys.stderr.flush()
+        if sys.stderr.fileno() != fd:
+            raise ValueError("stderr is not the process's")
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # stderr replaced (a test, a host program): leave it be
+        yield lambda: ""
+        return
+    sink = tempfile.TemporaryFile()
+    original_stream = sys.stderr
+    os.dup2(sink.fileno(), fd)
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, closefd=True)
+    try:
+        yield lambda: (sink.seek(0), sink.read().decode(errors="replace"))[1]
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+            sys.stderr.close()
+        sys.stderr = original_stream
+        os.dup2(saved, fd)
+        os.close(saved)
+        sink.close()
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, further writes to stdout (at exit) must not fail again."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _prune(args: argparse.Namespace) -> int:
-    output = args.output or args.model.with_name(f"{args.model.stem}.pruned.onnx")
-    if args.model.exists():
-        check_writable(output, args.model)
-    if args.report:
-        check_writable(args.report, args.model)
+    from spa.api import prune
+    from spa.report import prune_summary
     goals = [g for g in (args.ratio, args.target_macs, args.target_params) if g is not None]
     if len(goals) != 1:
         raise UsageError("give one of --ratio, --target-macs, --target-params (see spa prune --help)")
-    result = prune(args.model, args.ratio or 0.0, args.criterion, args.round_to, args.min_keep,
-                   args.ignore, args.seed, args.include_inexact, targets=args.target,
+    output = args.output or default_output(args.model)
+    result = prune(args.model, args.ratio or 0.0, criterion=args.criterion, round_to=args.round_to,
+                   min_keep=args.min_keep, ignore=args.ignore, seed=args.seed,
+                   include_inexact=args.include_inexact, targets=args.target,
                    output=output, write_unchanged=args.write_unchanged, scope=args.scope,
                    max_ratio=args.max_ratio, reduce=args.reduce, normalize=args.normalize,
                    target_macs=args.target_macs, target_params=args.target_params, steps=args.steps,
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
-                   damping=args.damping)
+                   damping=args.damping, report=args.report)
     if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
               f"(see `spa inspect {args.model}`); nothing written")
         return 0
-    if args.report:
-        _write_json(args.report, result.report)
     print(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
     print(prune_summary(result.report))
     return 0
+
+
+def default_output(model: Path) -> Path | None:
+    """IN_STEM.pruned.onnx beside the input (None where the input is no file name at all;
+    loading it then says what is wrong)."""
+    named = model if model.name not in ("", ".", "..") else model.resolve()
+    return named.with_name(f"{named.stem}.pruned.onnx") if named.name else None
 
 
 def _how(args: argparse.Namespace, report: dict) -> str:
@@ -167,6 +261,8 @@ def _how(args: argparse.Namespace, report: dict) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from spa.api import inspect
+    from spa.report import inspect_table
     analysis = inspect(args.model, args.ignore)
     print(json.dumps(analysis.to_json()) if args.json else inspect_table(analysis))
     return 0
@@ -174,21 +270,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from spa.bench import bench, format_bench
-    from spa.load import load_model
-    for path in (args.model_a, args.model_b):
-        load_model(path)
-    result = bench(str(args.model_a), str(args.model_b), runs=args.runs, warmup=args.warmup, threads=args.threads)
+    result = bench(args.model_a, args.model_b, runs=args.runs, warmup=args.warmup, threads=args.threads)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.spa-tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=1))
-        os.replace(temporary, path)
-    except OSError as error:
-        raise SpaError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 if __name__ == "__main__":

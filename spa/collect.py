@@ -48,7 +48,9 @@ class Moments:
 
 class Hessian:
     """H = Σ f fᵀ over the feature rows `features(x)` of every batch: each chunk's product
-    in float32 (fast, a few thousand rows), the running sum in float64."""
+    in float32 (fast, a few thousand rows), the running sum in float64. Each chunk is scaled
+    by a power of two before the product and back after, so values far from 1 (1e30) neither
+    overflow nor lose precision in float32."""
 
     def __init__(self, features: Callable[[np.ndarray], np.ndarray]) -> None:
         self.features = features
@@ -58,8 +60,10 @@ class Hessian:
     def __call__(self, values: np.ndarray) -> None:
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32)
+            scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
+            rows = rows * np.float32(1 / scale)  # a power of two: exact
             self.count += len(rows)
-            product = (rows.T @ rows).astype(np.float64)
+            product = (rows.T @ rows).astype(np.float64) * scale ** 2
             self.matrix = product if self.matrix is None else self.matrix + product
 
 

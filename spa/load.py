@@ -2,6 +2,9 @@
 import it into onnx-graphsurgeon's IR with Constant nodes turned into initializers."""
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 from spa.errors import SpaError, first_line
 
 ModelSource = str | os.PathLike | onnx.ModelProto
+logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(logging.CRITICAL)
 
 
 @dataclass
@@ -37,20 +41,87 @@ def load_model(source: ModelSource) -> Loaded:
     """The validated model at `source` (a path, or a ModelProto with its weights loaded)."""
     if isinstance(source, onnx.ModelProto):
         check_model(source)
+        _check_finite(source, None)
         return Loaded(source)
     path = Path(source)
-    if not path.exists():
-        raise SpaError(f"no such file: {path}")
-    if not path.is_file():
-        raise SpaError(f"not a file: {path}")
     try:
+        if not path.exists():
+            raise SpaError(f"no such file: {path}")
+        if not path.is_file():
+            raise SpaError(f"not a file: {path}")
         model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as error:
+    except OSError as error:
+        raise SpaError(f"cannot read {path}: {error.strerror or first_line(error)}") from None
+    except (DecodeError, RuntimeError, ValueError) as error:
         raise SpaError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     check_model(model, path)
+    _check_external_files(model, path)
     _load_small_external(model, path.parent)
     external = any(uses_external_data(t) for t in model.graph.initializer)
-    return Loaded(model, path.parent if external else None, path)
+    loaded = Loaded(model, path.parent if external else None, path)
+    _check_finite(model, loaded.base_dir)
+    return loaded
+
+
+def input_files(loaded: Loaded) -> set[Path]:
+    """Every file the input model reads: the model file and its external data files."""
+    if loaded.path is None:
+        return set()
+    files = {loaded.path.resolve()}
+    for tensor in _external_tensors(loaded.model):
+        files.add((loaded.path.parent / external_info(tensor)["location"]).resolve())
+    return files
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in model.graph.initializer if uses_external_data(t)]
+
+
+def _check_external_files(model: onnx.ModelProto, path: Path) -> None:
+    """Every external tensor's bytes exist: a missing or short data file is the input's problem."""
+    sizes: dict[Path, int] = {}
+    for tensor in _external_tensors(model):
+        info = external_info(tensor)
+        data = path.parent / info.get("location", "")
+        if data not in sizes:
+            try:
+                sizes[data] = data.stat().st_size if data.is_file() else -1
+            except OSError:
+                sizes[data] = -1
+        if sizes[data] < 0:
+            raise SpaError(f"{path}: external data file {info.get('location')!r} of '{tensor.name}' is missing")
+        needed = int(info.get("offset", 0)) + tensor_nbytes(tensor)
+        if sizes[data] < needed:
+            raise SpaError(f"{path}: external data file {info.get('location')!r} is truncated "
+                           f"({sizes[data]} bytes, '{tensor.name}' needs {needed})")
+
+
+FLOAT_KINDS = "fc"
+
+
+def _check_finite(model: onnx.ModelProto, base_dir: Path | None) -> None:
+    """A weight holding NaN or inf makes every output comparison meaningless: the input's fault."""
+    for tensor in model.graph.initializer:
+        if np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind not in FLOAT_KINDS:
+            continue
+        if uses_external_data(tensor):
+            finite = _external_finite(tensor, base_dir)
+        else:
+            finite = bool(np.isfinite(numpy_helper.to_array(tensor)).all())
+        if not finite:
+            raise SpaError(f"the input model's weight '{tensor.name}' holds NaN or inf")
+
+
+def _external_finite(tensor: onnx.TensorProto, base_dir: Path | None) -> bool:
+    info = external_info(tensor)
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    count = int(np.prod(tensor.dims))
+    if base_dir is None or count == 0:
+        return True
+    values = np.memmap(base_dir / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)),
+                       shape=(count,))
+    step = 1 << 24
+    return all(np.isfinite(values[i:i + step]).all() for i in range(0, count, step))
 
 
 def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
@@ -125,14 +196,33 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     follows Shape/Gather/Concat chains and names dynamic dims consistently; where it fails
     (an op it does not know), onnx's own inference with data propagation is used. Shapes
     that stay unknown make the analysis keep the channels involved whole."""
-    try:
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # noqa: BLE001 - any failure: the weaker inference below
-        pass
+    inferred = _symbolic_shapes(model)
+    if inferred is not None:
+        return inferred
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
         return model
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic inference, or None where it is incomplete. Run step by step:
+    its `infer_shapes` writes a debugging copy of the model (and all its weights) into the
+    current folder whenever it is incomplete."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 7:  # it supports opset 7 and above
+        return None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            inference._preprocess(model)
+            complete = False
+            while inference.run_:
+                complete = inference._infer_impl()
+            inference._update_output_from_vi()
+        return inference.out_mp_ if complete else None
+    except Exception:  # noqa: BLE001 - any failure: the weaker inference
+        return None
 
 
 def _constant_nodes_to_initializers(graph: gs.Graph) -> None:

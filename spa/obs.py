@@ -48,6 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spa.errors import SpaError
+
 DEFAULT_DAMPING = 0.01
 RETRIES = 4        # Cholesky attempts after the first, each with 10x the damping
 RIDGE = 1e-9       # greedy_keep's guard on R_qq, relative to mean(diag H)
@@ -82,7 +84,7 @@ def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np
         except np.linalg.LinAlgError:
             tried.append(damping)
             damping = max(damping * 10, 1e-6)
-    raise np.linalg.LinAlgError(
+    raise SpaError(
         f"Hessian is not positive definite even with damping {', '.join(f'{d:g}' for d in tried)}; "
         "check the calibration statistics for NaN/inf or a non-PSD matrix")
 

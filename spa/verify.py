@@ -1,78 +1,88 @@
-"""Stage 6, verify: a pruned model must pass onnx.checker and run in onnxruntime with the
-original inputs, giving outputs of the original shapes."""
+"""Stage 6, verify: the input runs before anything is done (so a broken input is named as
+such); a pruned model must pass onnx.checker and run in onnxruntime on the same inputs,
+giving outputs of the original shapes, and (where every removal is exact) the outputs of
+the full-size model with the removed channels zeroed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from spa.errors import SpaError, first_line
-from spa.inputs import make_inputs
+from spa.inputs import InputMaker
 from spa.load import Loaded
+from spa.runtime import run
 
-DYNAMIC_DIMS = (3, 1)  # sizes tried for symbolic dims: 3 first, 1 for exports that bake batch 1
+DYNAMIC_DIMS = (3, 1)  # sizes tried for open dims: 3 first, 1 for exports that bake batch 1
 EQUIVALENCE_ATOL, EQUIVALENCE_RTOL = 1e-5, 1e-4  # pruned vs zeroed model
 
 
-def run_model(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+@dataclass
+class Reference:
+    """Inputs the original model accepts, and its outputs on them."""
+    feeds: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
 
 
-def verify_pruned(original: Loaded, pruned: onnx.ModelProto | Path, seed: int = 0) -> float:
+def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Reference:
+    """Run the input model once: on a calibration batch if there is one, else on synthetic
+    inputs (open dims 3, then 1). Fails, naming the input, if onnxruntime cannot run it."""
+    source = original.path if original.external else original.model
+    if calibration is not None:
+        feeds = next(iter(calibration.batches()), None)
+        if feeds is not None:
+            return Reference(feeds, run(source, feeds, "the input model"))
+    maker = InputMaker(original.model)
+    failure: SpaError | None = None
+    for size in DYNAMIC_DIMS:
+        feeds = maker.feeds(seed, default_dim=size)
+        try:
+            return Reference(feeds, run(source, feeds, "the input model"))
+        except SpaError as error:  # try the next size, then report
+            failure = failure or error
+    raise failure
+
+
+def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path) -> float:
     """Check `pruned` (in memory, or a written file with its external data) and return the
-    largest output difference to the original on a random input. Raises SpaError, naming
-    it an internal error of spa, when the model is broken."""
+    largest output difference to the original on the reference inputs. Raises SpaError,
+    naming it an internal error of spa, when the model is broken."""
     try:
         onnx.checker.check_model(str(pruned) if isinstance(pruned, Path) else pruned, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise SpaError(f"internal error: pruned model fails onnx.checker: {first_line(error)}") from None
-    feeds, expected = _reference_run(original, seed)
-    try:
-        actual = run_model(pruned, feeds)
-    except Exception as error:  # noqa: BLE001 - any onnxruntime failure is a broken model
-        raise SpaError(f"internal error: pruned model fails in onnxruntime: {first_line(error)}") from None
-    for want, got in zip(expected, actual):
+    actual = run(pruned, reference.feeds, "internal error: the pruned model")
+    for want, got in zip(reference.outputs, actual):
         if want.shape != got.shape:
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
-    return max((float(np.max(np.abs(w - g))) if w.size else 0.0 for w, g in zip(expected, actual)
+    return max((_max_difference(w, g) for w, g in zip(reference.outputs, actual)
                 if np.issubdtype(w.dtype, np.number)), default=0.0)
 
 
-def _reference_run(original: Loaded, seed: int) -> tuple[dict, list[np.ndarray]]:
-    """A random input the original model accepts, and its outputs."""
-    source = original.path if original.external else original.model
-    for size in DYNAMIC_DIMS:
-        feeds = make_inputs(original.model, seed=seed, default_dim=size)
-        try:
-            return feeds, run_model(source, feeds)
-        except Exception as error:  # noqa: BLE001 - try the next size, then report
-            failure = error
-    raise SpaError(f"the input model fails in onnxruntime: {first_line(failure)}")
-
-
-def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, calibration=None, seed: int = 0) -> float:
+def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
     """The built-in exactness check: the pruned model must compute what the full-size
     model with the removed channels zeroed computes. Returns the largest difference."""
-    feeds = next(iter(calibration.batches()), None) if calibration is not None else None
-    if feeds is None:
-        feeds = make_inputs(masked, seed=seed, default_dim=DYNAMIC_DIMS[-1])
-    try:
-        expected, actual = run_model(masked, feeds), run_model(pruned, feeds)
-    except Exception as error:  # noqa: BLE001 - any onnxruntime failure is a broken model
-        raise SpaError(f"internal error: pruned model fails in onnxruntime: {first_line(error)}") from None
+    expected = run(masked, feeds, "internal error: the zeroed model")
+    actual = run(pruned, feeds, "internal error: the pruned model")
     worst = 0.0
     for want, got in zip(expected, actual):
         if not np.issubdtype(want.dtype, np.floating) or not want.size:
             continue
-        difference = float(np.max(np.abs(want.astype(np.float64) - got)))
-        if not difference <= EQUIVALENCE_ATOL + EQUIVALENCE_RTOL * float(np.max(np.abs(want))):  # NaN fails too
+        difference = _max_difference(want, got)
+        scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0))
+        if not difference <= EQUIVALENCE_ATOL + EQUIVALENCE_RTOL * scale:  # NaN fails too
             raise SpaError(f"internal error: the pruned model differs from the zeroed model by {difference:.3g}; "
                            "please report this model")
         worst = max(worst, difference)
     return worst
+
+
+def _max_difference(want: np.ndarray, got: np.ndarray) -> float:
+    """Largest absolute difference; positions where both are the same non-finite value agree."""
+    if not want.size:
+        return 0.0
+    want, got = want.astype(np.float64), got.astype(np.float64)
+    same = (want == got) | (np.isnan(want) & np.isnan(got))
+    return float(np.max(np.where(same, 0.0, np.abs(want - got))))

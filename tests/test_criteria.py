@@ -25,6 +25,7 @@ from oracle import random_feeds, run
 from spa.calib import synthetic_calibration
 from spa.cli import main
 from spa.errors import SpaError
+from spa.inputs import make_inputs
 from spa.verify import verify_equivalent
 
 SAMPLES = 16  # calibration images of [1, 6, 6]
@@ -612,8 +613,8 @@ def test_equivalence_check_rejects_nan_outputs():
     for tensor in broken.graph.initializer:
         if tensor.name == "conv2_b":
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.full(3, np.nan, np.float32), "conv2_b"))
-    with pytest.raises(SpaError):
-        verify_equivalent(model, broken)
+    with pytest.raises(SpaError, match="differs from the zeroed model by nan"):
+        verify_equivalent(model, broken, make_inputs(model))
 
 
 @pytest.mark.parametrize("criterion", ["l2", "activation", "fluctuation", "obs", "greedy"])
@@ -642,7 +643,7 @@ def test_equivalence_check_reports_a_broken_model_as_spa_error():
         if tensor.name == "conv2_w":  # 3 input channels where the Relu gives 4
             tensor.CopyFrom(onnx.numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "conv2_w"))
     with pytest.raises(SpaError, match="internal error"):
-        verify_equivalent(model, broken)
+        verify_equivalent(model, broken, make_inputs(model))
 
 
 # -- 9. the built-in exactness check ------------------------------------------------------------

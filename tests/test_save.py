@@ -1,4 +1,6 @@
 """Writing: atomic, never partial, never over the input."""
+import re
+
 import onnx
 import pytest
 
@@ -21,12 +23,22 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_external_data_written_beside_model(tmp_path):
+def _data_files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".data"))
+
+
+def test_external_data_written_beside_model_under_a_new_name(tmp_path):
+    """Each write gets its own data file; the one the previous write made goes after."""
     target = tmp_path / "out.onnx"
     save_model(conv_transpose(), target, external_data=True)
-    assert (tmp_path / "out.onnx.data").exists()
+    first = _data_files(tmp_path)
+    assert len(first) == 1 and re.fullmatch(r"out\.onnx\.[0-9a-f]{8}\.data", first[0])
     onnx.checker.check_model(str(target))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+    save_model(conv_transpose(), target, external_data=True)
+    second = _data_files(tmp_path)
+    assert len(second) == 1 and second != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"] + second
+    onnx.checker.check_model(str(target))
 
 
 def test_input_is_never_the_output(tmp_path):

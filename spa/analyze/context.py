@@ -115,7 +115,7 @@ class NodeContext:
 
     # --- outputs ------------------------------------------------------------------------
     def set_output(self, index: int, axes: AxisLabels) -> None:
-        self.state.axes[self.node.outputs[index].name] = list(axes)
+        self.state.axes[self.node.outputs[index].name] = None if axes is None else list(axes)
         self.outputs_set.add(index)
 
     # --- relations ----------------------------------------------------------------------

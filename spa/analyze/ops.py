@@ -236,7 +236,7 @@ def trailing_parameter(ctx: NodeContext, index: int, target: AxisLabels) -> None
     axes = ctx.axes(index) or []
     for j, labels in enumerate(axes):
         k = len(target) - len(axes) + j
-        if len(labels) == 1 and (target[k] is None or len(target[k]) != 1):
+        if labels is not None and len(labels) == 1 and (target[k] is None or len(target[k]) != 1):
             ctx.fix(labels, f"{ctx.where()} broadcasts this axis")
         else:
             ctx.unify(target[k], labels)
@@ -754,11 +754,21 @@ def unknown(ctx: NodeContext) -> None:
 
 
 def _outer_names(node) -> set[str]:
-    """Tensors a control-flow node's subgraphs read from the enclosing graph."""
+    """Tensors a control-flow node's subgraphs read from enclosing graphs, at any depth."""
     names: set[str] = set()
-    for value in node.attrs.values():
-        for subgraph in value if isinstance(value, list) else [value]:
-            if hasattr(subgraph, "nodes") and hasattr(subgraph, "inputs"):
-                for inner in subgraph.nodes:
-                    names.update(t.name for t in inner.inputs)
+    for subgraph in _subgraphs(node):
+        defined = {t.name for t in subgraph.inputs} | {t.name for n in subgraph.nodes for t in n.outputs}
+        for inner in subgraph.nodes:
+            names.update(t.name for t in inner.inputs if t.name not in defined)
+            names.update(_outer_names(inner) - defined)
+        names.update(t.name for t in subgraph.outputs if t.name not in defined)
     return names
+
+
+def _subgraphs(node) -> list:
+    found = []
+    for value in node.attrs.values():
+        for item in value if isinstance(value, list) else [value]:
+            if hasattr(item, "nodes") and hasattr(item, "inputs"):
+                found.append(item)
+    return found

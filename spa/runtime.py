@@ -1,0 +1,55 @@
+"""The one place spa makes onnxruntime sessions: CPU only, onnxruntime's own log quiet
+(spa reports problems in its own words, one line)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spa.errors import SpaError, first_line
+
+ort.set_default_logger_severity(3)  # errors only; spa catches and rewords them
+
+ModelSource = onnx.ModelProto | Path | str | bytes
+
+
+def session(model: ModelSource, threads: int | None = None, optimize: str = "basic",
+            spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session for a model (proto, serialized bytes, or a path: a path lets onnxruntime
+    read external data beside it). `threads` None: onnxruntime's default."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimize]
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spinning:  # interleaved sessions: a spinning one steals the cores of the other
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, (Path, os.PathLike)):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run(model: ModelSource, feeds: dict[str, np.ndarray], what: str = "model") -> list[np.ndarray]:
+    """All outputs of `model` on `feeds`; any onnxruntime failure becomes one SpaError line
+    that names `what` failed."""
+    try:
+        return session(model).run(None, feeds)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+        raise SpaError(f"{what} fails in onnxruntime: {_short(error)}") from None
+
+
+def _short(error: BaseException) -> str:
+    """onnxruntime's message without its '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
+    text = first_line(error)
+    while text.startswith("[ONNXRuntimeError]") and " : " in text:
+        text = text.split(" : ", 3)[-1] if text.count(" : ") >= 3 else text.split(" : ", 1)[-1]
+    text = re.sub(r"^\S+\.(h|cc|cpp):\d+ .*?\) (?=[A-Z])", "", text)  # a C++ source location and signature
+    return text[:300]
