@@ -73,8 +73,9 @@ def bench(
     threads: int = 1,
     seed: int = 0,
     dim_values: dict[str, int] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Latency (interleaved A, B, A, B, ... on one random feed built from A's inputs)
+    """Latency (interleaved A, B, A, B, ... on `feeds`, or one random feed built from A's inputs)
     and static cost of two models. Returns a JSON-serializable dict with per-model
     "a" and "b" reports and top-level speedup (median_a / median_b), macs_ratio and
     params_ratio (b / a) and promised_speedup (1 / macs_ratio); a ratio with a zero
@@ -85,7 +86,7 @@ def bench(
     proto_b, source_b = _load(model_b)
     session_a, session_b = _session(source_a, threads, "the first model"), _session(source_b, threads, "the second model")
     _same_inputs(session_a, session_b)
-    feed_a = make_inputs(proto_a, seed=seed, dim_values=dim_values)
+    feed_a = feeds if feeds is not None else make_inputs(proto_a, seed=seed, dim_values=dim_values)
     names_b = {value.name for value in session_b.get_inputs()}
     feed_b = {name: array for name, array in feed_a.items() if name in names_b}
     for label, (run_session, feed) in (("first", (session_a, feed_a)), ("second", (session_b, feed_b))):

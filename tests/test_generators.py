@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import oracle
+from spa import oracle as spa_oracle
 from edge_models import EDGE_MODELS, reshape_dynamic_shape_chain
 from graphgen import BLOCKS, HEADS, GraphBuilder, cnn_models, tensor_info
 
@@ -143,8 +144,8 @@ def _fake_prune(mode: str) -> Callable[..., SimpleNamespace]:
 @pytest.fixture
 def fake_spa(monkeypatch: pytest.MonkeyPatch):
     analysis = SimpleNamespace(to_json=lambda: {"groups": _two_conv_groups()})
-    monkeypatch.setattr(oracle.spa, "inspect", lambda model: analysis, raising=False)
-    return lambda mode: monkeypatch.setattr(oracle.spa, "prune", _fake_prune(mode), raising=False)
+    monkeypatch.setattr(spa_oracle.api, "inspect", lambda model: analysis)
+    return lambda mode: monkeypatch.setattr(spa_oracle.api, "prune", _fake_prune(mode))
 
 
 def test_check_oracle_accepts_correct_pruner(fake_spa) -> None:
