@@ -18,6 +18,7 @@ from spa.layers import LinearLayer
 from spa.load import Loaded, ModelSource, import_graph, input_files, load_model
 from spa.metrics import summarize
 from spa.obs import DEFAULT_DAMPING
+from spa.prepare import prepare, reshare
 from spa.rewrite import rewrite
 from spa.save import check_outputs, save_model, write_json
 from spa.score import Scores, Scoring, measurable_layers, score_groups
@@ -90,10 +91,11 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
     reference = reference_run(loaded, calibration, seed) if verify else None
+    feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
     current, history, done = loaded, [], None
     for step in range(1, steps + 1):
-        step_plan = _step_plan(plan, step, steps, loaded.model, current.model)
-        pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify)
+        step_plan = _step_plan(plan, step, steps, loaded.model, current.model, feeds)
+        pruned, analysis, removed, scores, masked = _prune_once(current, step_plan, calibration, verify, feeds)
         if verify and masked is not None:  # every step: a wrong cut in step 1 must not pass
             verify_equivalent(masked, pruned, reference.feeds)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
@@ -102,7 +104,7 @@ def prune(source: ModelSource, ratio: float = 0.0, criterion: str = "l2", round_
         done.add(analysis, removed, scores)
         current = Loaded(pruned, loaded.base_dir, None)
     analysis, removed, scores = done.first, done.removed, done.scores
-    summary = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history)
+    summary = _report(analysis, removed, scores, loaded.model, pruned, plan, calibration, history, feeds)
     result = PruneResult(pruned, analysis, removed, summary)
     prunable = analysis.prunable_groups(include_inexact, tuple(targets))
     if output is not None and (write_unchanged or prunable):
@@ -178,7 +180,8 @@ def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None,
     return None
 
 
-def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, current: onnx.ModelProto) -> Plan:
+def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, current: onnx.ModelProto,
+               feeds: dict | None) -> Plan:
     """Step k of n reaches k/n of the way: the ratio of what is left now, or the target
     relative to the current model."""
     if plan.target is None:
@@ -186,11 +189,11 @@ def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, cur
         return replace(plan, selection=replace(plan.selection, ratio=1 - (1 - goal) / (1 - done)))
     metric, fraction = plan.target
     goal = 1 - (1 - fraction) * step / steps
-    now = summarize(current)[metric] / max(summarize(original)[metric], 1)
+    now = summarize(current, feeds=feeds)[metric] / max(summarize(original, feeds=feeds)[metric], 1)
     return replace(plan, target=(metric, min(1.0, goal / now)))
 
 
-def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool):
+def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool, feeds: dict | None):
     """One round: analyze, score, count, pick (compensating), correct, rewrite."""
     graph, analysis, added = _prepared_analysis(loaded, plan)
     ir_version = loaded.model.ir_version
@@ -201,7 +204,7 @@ def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, ver
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
-    counts = _counts(loaded, plan, scored, scores)
+    counts = _counts(loaded, plan, scored, scores, feeds)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
     reference = output_moments(graph, corrected, calibration, ir_version) if corrected else {}
     removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version)
@@ -212,50 +215,54 @@ def _prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, ver
     masked = export(graph, loaded.model) if verify and exact and not loaded.external and removed else None
     rewrite(analysis, removed)
     drop_zero_biases(graph, added)
+    reshare(graph)
     return export(graph, loaded.model), analysis, removed, scores, masked
 
 
 def _prepared_analysis(loaded: Loaded, plan: Plan) -> tuple[gs.Graph, Analysis, list[str]]:
     """The graph (with zero biases where compensation or correction may need them) and its analysis."""
     graph = import_graph(loaded)
+    prepare(graph)
     _check_ignored(graph, plan.ignore)
     repairs = plan.scoring.criterion in COMPENSATING or plan.correct_stats
     added = add_zero_biases(graph) if repairs else []
     return graph, analyze(graph, _default_opset(loaded.model), plan.ignore), added
 
 
-def _counts(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores) -> dict[int, int]:
+def _counts(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores, feeds: dict | None) -> dict[int, int]:
     if plan.target is None:
         return removal_counts(groups, scores.values, plan.selection)
-    return _counts_for_target(loaded, plan, groups, scores)
+    return _counts_for_target(loaded, plan, groups, scores, feeds)
 
 
-def _counts_for_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores) -> dict[int, int]:
+def _counts_for_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores,
+                       feeds: dict | None) -> dict[int, int]:
     """Bisect the ratio until the pruned model's MACs or params reach the target fraction.
     Only how many channels each group loses changes the cost, not which: each trial
     prunes a fresh copy of the graph by position."""
     metric, fraction = plan.target
-    goal = fraction * summarize(loaded.model)[metric]
+    goal = fraction * summarize(loaded.model, feeds=feeds)[metric]
     low, high = 0.0, TARGET_MAX_RATIO
     counts_at = lambda ratio: removal_counts(groups, scores.values, replace(plan.selection, ratio=ratio))
-    if _metric_after(loaded, plan, counts_at(0.0), metric) <= goal:
+    if _metric_after(loaded, plan, counts_at(0.0), metric, feeds) <= goal:
         return counts_at(0.0)
     for _ in range(TARGET_SEARCH_STEPS):
         middle = (low + high) / 2
-        if _metric_after(loaded, plan, counts_at(middle), metric) <= goal:
+        if _metric_after(loaded, plan, counts_at(middle), metric, feeds) <= goal:
             high = middle
         else:
             low = middle
     return counts_at(high)
 
 
-def _metric_after(loaded: Loaded, plan: Plan, counts: dict[int, int], metric: str) -> int:
+def _metric_after(loaded: Loaded, plan: Plan, counts: dict[int, int], metric: str, feeds: dict | None) -> int:
     graph, analysis, added = _prepared_analysis(loaded, plan)
     groups = {g.id: g for g in analysis.groups}
     removed = {gid: choose(groups[gid], np.zeros(groups[gid].size), count) for gid, count in counts.items()}
     rewrite(analysis, removed)
     drop_zero_biases(graph, added)
-    return summarize(export(graph, loaded.model))[metric]
+    reshare(graph)
+    return summarize(export(graph, loaded.model), feeds=feeds)[metric]
 
 
 def _corrected_layers(graph: gs.Graph, groups: list[Group], counts: dict[int, int]) -> list[LinearLayer]:
@@ -281,6 +288,7 @@ def _removed_outputs(analysis: Analysis, removed: dict[int, list[int]],
 
 def _analyze(loaded: Loaded, ignore: tuple[str, ...]) -> Analysis:
     graph = import_graph(loaded)
+    prepare(graph)
     _check_ignored(graph, ignore)
     return analyze(graph, _default_opset(loaded.model), ignore)
 
@@ -338,7 +346,8 @@ def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto)
 
 
 def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
-            pruned: onnx.ModelProto, plan: Plan, calibration: Calibration | None, history: list[dict]) -> dict:
+            pruned: onnx.ModelProto, plan: Plan, calibration: Calibration | None, history: list[dict],
+            feeds: dict | None) -> dict:
     groups = []
     targeted = {g.id for g in analysis.prunable_groups(plan.include_inexact, plan.targets)}
     for group in analysis.groups:
@@ -357,5 +366,5 @@ def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, o
             "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
             "calibration": None if calibration is None else {"source": calibration.source,
                                                              "samples": calibration.samples},
-            "groups": groups, "before": summarize(original), "after": summarize(pruned),
+            "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),
             "max_output_difference": None}

@@ -32,8 +32,8 @@ class InputSpec:
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
-    if dim.HasField("dim_value"):
-        return dim.dim_value
+    if dim.HasField("dim_value"):  # old paddle2onnx writes -1 for an open dim
+        return dim.dim_value if dim.dim_value >= 0 else None
     if dim.HasField("dim_param") and bindable(dim.dim_param):
         return dim.dim_param
     return None
@@ -150,14 +150,23 @@ def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
     return ranges
 
 
+# Fused embedding ops: index input -> the input holding the table it indexes (rows on axis 0).
+EMBEDDING_TABLES = {"EmbedLayerNormalization": {0: 2, 1: 4}, "QEmbedLayerNormalization": {0: 2, 1: 4}}
+
+
 def _table_rows(graph: _Graph, name: str) -> list[int]:
     rows, frontier, seen = [], [name], {name}
     while frontier:
         tensor = frontier.pop()
         for node in graph.readers.get(tensor, []):
+            tables = EMBEDDING_TABLES.get(node.op_type, {})
             if node.op_type == "Gather" and node.input[1:2] == [tensor] and node.input[0] in graph.shapes:
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                 rows.append(graph.shapes[node.input[0]][axis])
+            elif node.domain == "com.microsoft" and tensor in node.input[:2]:
+                table = tables.get(list(node.input).index(tensor))
+                if table is not None and table < len(node.input) and node.input[table] in graph.shapes:
+                    rows.append(graph.shapes[node.input[table]][0])
             elif node.op_type in INDEX_PASS_THROUGH and node.input[:1] == [tensor] and node.output[0] not in seen:
                 seen.add(node.output[0])
                 frontier.append(node.output[0])
@@ -178,8 +187,13 @@ class InputMaker:
         self.implied = implied_dims(model)
         self.rows = index_ranges(model)
 
-    def shape(self, spec: InputSpec, dim_values: dict[str, int] | None, default_dim: int) -> list[int]:
+    def shape(self, spec: InputSpec, dim_values: dict[str, int] | None, default_dim: int,
+              batch_dim: int | None = None) -> list[int]:
+        """Declared dims, the ones the graph implies, then `dim_values` by symbol; `batch_dim`
+        for an open first axis and `default_dim` for other open axes."""
         dims = [self.implied.get((spec.name, k), dim) for k, dim in enumerate(spec.shape)]
+        if batch_dim is not None and dims and not isinstance(dims[0], int) and (dims[0] not in (dim_values or {})):
+            dims[0] = batch_dim
         return concrete_shape(dims, dim_values, default_dim)
 
     def values(self, spec: InputSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -194,11 +208,12 @@ class InputMaker:
         raise ValueError(f"input {spec.name!r}: no synthetic values for dtype {spec.dtype}")
 
     def feeds(self, seed: int = 0, dim_values: dict[str, int] | None = None, default_dim: int = 1,
-              batch: int | None = None) -> dict[str, np.ndarray]:
+              batch: int | None = None, batch_dim: int | None = None) -> dict[str, np.ndarray]:
+        """One feed. `batch` forces axis 0 (calibration chunks); `batch_dim` only fills an open one."""
         rng = np.random.default_rng(seed)
         feeds = {}
         for spec in self.specs:
-            shape = self.shape(spec, dim_values, default_dim)
+            shape = self.shape(spec, dim_values, default_dim, batch_dim)
             if batch is not None and shape:
                 shape[0] = batch
             feeds[spec.name] = np.asarray(self.values(spec, shape, rng))

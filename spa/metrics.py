@@ -10,8 +10,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from onnx.external_data_helper import uses_external_data
+
 from spa.inputs import concrete_shape, input_specs
 from spa.load import infer_shapes, tensor_nbytes
+from spa.runtime import session
 
 FLOAT_TYPES = {
     TensorProto.FLOAT,
@@ -73,19 +76,14 @@ def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
                            functions=model.functions, metadata_props=model.metadata_props)
 
 
-def _inferred_shapes(
-    model: onnx.ModelProto, dim_values: dict[str, int] | None, default_dim: int
-) -> dict[str, Shape]:
-    """Static shape of every tensor, after fixing the symbolic graph-input dims."""
+def _inferred_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, Shape]:
+    """Static shape of every tensor, with the graph inputs fixed to `input_shapes`."""
     copy = _shape_only_copy(model)
-    concrete = {
-        spec.name: concrete_shape(spec.shape, dim_values, default_dim)
-        for spec in input_specs(model)
-    }
     for value in copy.graph.input:
-        if value.name in concrete:
-            for dim, size in zip(value.type.tensor_type.shape.dim, concrete[value.name]):
-                dim.dim_value = size
+        if value.name in input_shapes:
+            del value.type.tensor_type.shape.dim[:]
+            for size in input_shapes[value.name]:
+                value.type.tensor_type.shape.dim.add().dim_value = size
     del copy.graph.value_info[:]  # stale symbolic shapes would conflict with the fixed ones
     inferred = infer_shapes(copy)
 
@@ -98,6 +96,24 @@ def _inferred_shapes(
                 d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
             ]
     return shapes
+
+
+def _measured_shapes(model: onnx.ModelProto, names: set[str], feeds: dict[str, np.ndarray]) -> dict[str, Shape]:
+    """Shapes of `names` as onnxruntime computes them on `feeds`: where inference cannot
+    follow (pads or sizes computed in the graph), running the model can. Empty where the
+    model cannot run here (weights on disk, or a failure)."""
+    if not names or any(uses_external_data(t) for t in model.graph.initializer):
+        return {}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    declared = {o.name for o in copy.graph.output}
+    wanted = sorted(names - declared)
+    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
+    try:
+        values = session(copy).run(wanted, feeds)
+    except Exception:  # noqa: BLE001 - measuring is a best effort; unknown stays unknown
+        return {}
+    return {name: list(value.shape) for name, value in zip(wanted, values)}
 
 
 def _conv_macs(x: Shape, w: Shape, y: Shape, transpose: bool) -> int:
@@ -118,6 +134,10 @@ def _gemm_macs(a: Shape, b: Shape, trans_a: int, trans_b: int) -> int:
     m, k = (a[1], a[0]) if trans_a else (a[0], a[1])
     n = b[0] if trans_b else b[1]
     return m * n * k
+
+
+def _static(shape: Shape | None) -> bool:
+    return shape is not None and None not in shape
 
 
 def _known_shape(shapes: dict[str, Shape], names: list[str], index: int) -> Shape | None:
@@ -148,22 +168,29 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
     return 0
 
 
-def count_macs(
-    model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1
-) -> int:
+def count_macs(model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1,
+               feeds: dict[str, np.ndarray] | None = None) -> int:
     """Multiply-accumulates of one inference, main graph only.
 
     Counted: Conv / ConvInteger / QLinearConv (output elements * C_in/group *
     prod(kernel)), ConvTranspose (input elements * C_out/group * prod(kernel)),
     Gemm and MatMul / MatMulInteger / QLinearMatMul (batch * M * N * K; either
     operand may be an activation). Bias adds, activations, normalization, pooling,
-    elementwise ops, Einsum and attention kernels are not counted.
+    elementwise ops and Einsum are not counted.
 
-    Shapes come from ONNX shape inference (with data propagation) after symbolic
-    graph-input dims are set to `dim_values[symbol]` or `default_dim`. Nodes whose
-    shapes stay unknown are skipped with a warning.
+    Shapes come from shape inference with the graph inputs fixed: to the shapes of `feeds`
+    when given (the sample a model was verified on), else symbolic dims set to
+    `dim_values[symbol]` or `default_dim`. Where inference leaves a counted node's shapes
+    unknown, they are measured by running the model on `feeds`; nodes still unknown are
+    skipped with a warning.
     """
-    shapes = _inferred_shapes(model, dim_values, default_dim)
+    input_shapes = ({name: list(np.shape(value)) for name, value in feeds.items()} if feeds is not None else
+                    {s.name: concrete_shape(s.shape, dim_values, default_dim) for s in input_specs(model)})
+    shapes = _inferred_shapes(model, input_shapes)
+    if feeds is not None:
+        missing = {name for node in model.graph.node if _node_macs(node, shapes) is None
+                   for name in list(node.input) + list(node.output) if name and not _static(shapes.get(name))}
+        shapes.update(_measured_shapes(model, missing, feeds))
     total, unknown = 0, []
     for node in model.graph.node:
         macs = _node_macs(node, shapes)
@@ -188,12 +215,14 @@ def node_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-def summarize(model: onnx.ModelProto, dim_values: dict[str, int] | None = None) -> dict:
-    """params, macs, size_bytes, nodes (total) and op_types (histogram) of a model."""
+def summarize(model: onnx.ModelProto, dim_values: dict[str, int] | None = None,
+              feeds: dict[str, np.ndarray] | None = None) -> dict:
+    """params, macs, size_bytes, nodes (total) and op_types (histogram) of a model; MACs at
+    the input shapes of `feeds` when given (see count_macs)."""
     op_types = node_counts(model)
     return {
         "params": count_params(model),
-        "macs": count_macs(model, dim_values),
+        "macs": count_macs(model, dim_values, feeds=feeds),
         "size_bytes": model_size_bytes(model),
         "nodes": sum(op_types.values()),
         "op_types": op_types,

@@ -184,6 +184,8 @@ def _fix_split(state: AnalysisState, node: gs.Node, kept: Kept, names) -> None:
 
 
 def _fix_slice(state: AnalysisState, node: gs.Node, kept: Kept, names) -> None:
+    """New bounds on the axes that lose channels. The analysis fixes every axis sliced
+    with a step other than 1, so only step-1 windows ever change."""
     x_axes = state.axes.get(node.inputs[0].name)
     if x_axes is None:
         return
@@ -193,11 +195,12 @@ def _fix_slice(state: AnalysisState, node: gs.Node, kept: Kept, names) -> None:
     starts, ends = {}, {}
     for axis, bounds in params.items():
         labels = x_axes[axis]
-        if labels is None or bounds is None:
+        if labels is None or bounds is None or bounds[2] != 1:
             continue
-        start, end, _step = bounds
-        window = range(len(labels))[start:end]
         positions = kept.positions(labels)
+        if len(positions) == len(labels):
+            continue
+        window = range(len(labels))[bounds[0]:bounds[1]]
         new_start = int(np.sum(positions < window.start))
         starts[axis] = new_start
         ends[axis] = new_start + int(np.sum((positions >= window.start) & (positions < window.stop)))

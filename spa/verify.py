@@ -15,7 +15,9 @@ from spa.inputs import InputMaker
 from spa.load import Loaded
 from spa.runtime import run
 
-DYNAMIC_DIMS = (3, 1)  # sizes tried for open dims: 3 first, 1 for exports that bake batch 1
+# Sizes tried for open input dims, (batch, others), until the input model runs: images need
+# room for strides and kernels (and multiples of 32 for detectors), sequences fit small sizes.
+OPEN_DIMS = ((3, 8), (1, 8), (1, 64), (1, 224), (1, 32), (1, 16), (1, 1))
 EQUIVALENCE_ATOL, EQUIVALENCE_RTOL = 1e-5, 1e-4  # pruned vs zeroed model
 
 
@@ -28,7 +30,8 @@ class Reference:
 
 def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Reference:
     """Run the input model once: on a calibration batch if there is one, else on synthetic
-    inputs (open dims 3, then 1). Fails, naming the input, if onnxruntime cannot run it."""
+    inputs (open dims tried at the OPEN_DIMS sizes). Fails, naming the input, if onnxruntime
+    cannot run it."""
     source = original.path if original.external else original.model
     if calibration is not None:
         feeds = next(iter(calibration.batches()), None)
@@ -36,12 +39,20 @@ def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Referenc
             return Reference(feeds, run(source, feeds, "the input model"))
     maker = InputMaker(original.model)
     failure: SpaError | None = None
-    for size in DYNAMIC_DIMS:
-        feeds = maker.feeds(seed, default_dim=size)
+    tried = set()
+    for batch, size in OPEN_DIMS:
+        feeds = maker.feeds(seed, default_dim=size, batch_dim=batch)
+        shapes = tuple(tuple(v.shape) for v in feeds.values())
+        if shapes in tried:
+            continue
+        tried.add(shapes)
         try:
             return Reference(feeds, run(source, feeds, "the input model"))
         except SpaError as error:  # try the next size, then report
             failure = failure or error
+    if len(tried) > 1:
+        raise SpaError(f"{failure} (synthetic inputs with open dims of size {', '.join(str(s) for _, s in OPEN_DIMS)}; "
+                       "--calib DATA gives inputs it takes)")
     raise failure
 
 

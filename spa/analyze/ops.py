@@ -203,6 +203,11 @@ def BatchNormalization(ctx: NodeContext) -> None:
     for index in range(1, 5):
         ctx.unify(x[1], ctx.axis(index, 0))
     ctx.state.statistics.update(ctx.tensor(i).name for i in (3, 4))
+    if ctx.attr("training_mode", 0):  # statistics of this input, over every axis but 1
+        for labels in x[:1] + x[2:]:
+            ctx.inexact(labels, f"normalized by {ctx.where()} (training mode)")
+        for index in range(1, len(ctx.node.outputs)):
+            ctx.set_output(index, [x[1]])
     ctx.set_output(0, x)
 
 
@@ -410,8 +415,9 @@ def reshape_out_shape(ctx: NodeContext, in_shape: list) -> list | None:
             dims.append(None)
     if dims.count(None) == 1 and None not in [static_dim(d) for d in in_shape if not isinstance(d, str)]:
         dims = _infer_minus_one(in_shape, dims)
-    if inferred is not None and len(inferred) == len(dims):
-        dims = [i if static_dim(i) is not None else d for i, d in zip(inferred, dims)]
+    if inferred is not None and len(inferred) == len(dims):  # a traced constant beats inference
+        dims = [d if isinstance(e, Const) and e.value > 0 else i if static_dim(i) is not None else d
+                for i, d, e in zip(inferred, dims, elems)]
     return dims
 
 
@@ -566,20 +572,38 @@ def _constant_input(node, index: int) -> np.ndarray | None:
 
 @rule("Pad")
 def Pad(ctx: NodeContext) -> None:
+    """Padded axes cannot carry channels; an axis padded by a constant 0 on both ends can.
+    Pads computed in the graph (TF-style "same" padding) are traced element by element."""
     x = ctx.axes(0)
-    pads = ctx.attr("pads")
-    if pads is None and ctx.has_input(1):
-        pads = ctx.const(1)
     for index in range(1, len(ctx.node.inputs)):
         ctx.axes(index)
-    if x is None or pads is None or ctx.has_input(3):
+    pads, axes = _pad_elements(ctx), _pad_axes(ctx, x)
+    if x is None or pads is None or axes is None or len(pads) != 2 * len(axes):
         return unknown(ctx)
-    pads = np.ravel(pads).tolist()
-    rank = len(x)
-    padded = {k for k in range(rank) if pads[k] or pads[k + rank]}
+    padded = {axis for i, axis in enumerate(axes) if not (_is_zero(pads[i]) and _is_zero(pads[i + len(axes)]))}
     for k in padded:
         ctx.fix(x[k], f"{ctx.where()} pads this axis")
-    ctx.set_output(0, [None if k in padded else x[k] for k in range(rank)])
+    ctx.set_output(0, [None if k in padded else x[k] for k in range(len(x))])
+
+
+def _pad_elements(ctx: NodeContext) -> list | None:
+    from spa.analyze.shapes import Const
+    if "pads" in ctx.node.attrs:  # opset < 11
+        return [Const(int(p)) for p in ctx.attr("pads")]
+    return ctx.state.shape_values.get(ctx.tensor(1).name) if ctx.has_input(1) else None
+
+
+def _pad_axes(ctx: NodeContext, x: AxisLabels | None) -> list[int] | None:
+    if x is None:
+        return None
+    if not ctx.has_input(3):
+        return list(range(len(x)))
+    axes = ctx.const(3)
+    return None if axes is None else [int(a) % len(x) for a in np.ravel(axes)]
+
+
+def _is_zero(elem) -> bool:
+    return getattr(elem, "value", None) == 0 and type(elem).__name__ == "Const"
 
 
 @rule("Resize", "Upsample")
@@ -693,16 +717,29 @@ def _broadcast_batch(ctx: NodeContext, a: AxisLabels, b: AxisLabels) -> AxisLabe
     a = [None] * (rank - len(a)) + list(a)
     b = [None] * (rank - len(b)) + list(b)
     out = []
-    for x, y in zip(a, b):
+    a_shape, b_shape = _padded_shape(ctx, 0, rank), _padded_shape(ctx, 1, rank)
+    for k, (x, y) in enumerate(zip(a, b)):
         if x is not None and y is not None and len(x) != len(y):
             small, big = (x, y) if len(x) == 1 else (y, x)
             ctx.fix(small, f"{ctx.where()} broadcasts this axis")
             out.append(big)
         elif x is None or y is None:
-            out.append(x if y is None else y)
+            labeled, other_size = (y, a_shape[k]) if x is None else (x, b_shape[k])
+            if labeled is not None and other_size != 1:  # the other side cannot change: neither can this
+                ctx.fix(labeled, f"{ctx.where()} meets an axis that cannot change")
+            out.append(labeled)
         else:
             out.append(ctx.unify(x, y))
     return out
+
+
+def _padded_shape(ctx: NodeContext, index: int, rank: int) -> list:
+    """The batch dims of input `index`, left-padded with 1 to `rank` (None where unknown)."""
+    shape = ctx.shape(index)
+    if shape is None or len(shape) < 2:
+        return [None] * rank
+    batch = list(shape[:-2])
+    return [1] * (rank - len(batch)) + batch
 
 
 @rule("Gather")

@@ -22,6 +22,8 @@ def reshape_axes(ctx: NodeContext, x: AxisLabels, in_shape: list, out_shape: lis
     """Output labels of reshaping an input with labels `x`; fixes what cannot be carried."""
     in_dims = [len(lab) if lab is not None else d for lab, d in zip(x, in_shape)]
     blocks = None
+    if out_shape is not None and _sizes_disagree(in_dims, out_shape):
+        out_shape = None  # inference contradicts itself here: relate nothing
     if out_shape is not None:
         blocks = _blocks(in_dims, out_shape) or _outer_blocks(in_dims, out_shape)
     if blocks is None:
@@ -31,6 +33,13 @@ def reshape_axes(ctx: NodeContext, x: AxisLabels, in_shape: list, out_shape: lis
     for in_axes, out_axes in blocks:
         _carry_block(ctx, x, in_dims, out_shape, in_axes, out_axes, out)
     return out
+
+
+def _sizes_disagree(in_dims: list, out_dims: list) -> bool:
+    static_in, static_out = [static_dim(d) for d in in_dims], [static_dim(d) for d in out_dims]
+    if None in static_in or None in static_out:
+        return False
+    return math.prod(static_in) != math.prod(static_out)
 
 
 def _carry_block(ctx: NodeContext, x: AxisLabels, in_dims: list, out_shape: list,

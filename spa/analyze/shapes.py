@@ -41,9 +41,11 @@ class Opaque:
 
 
 Elem = Const | Dim | Opaque
-PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity",
-            "Reshape", "Add", "Sub", "Mul", "Div", "ConstantOfShape", "Equal", "Where"}
+PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape",
+            "Transpose", "Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Neg", "Abs", "Ceil", "Floor",
+            "Clip", "ConstantOfShape", "Equal", "Where"}
 MAX_SHAPE_VECTOR = 64
+Values = np.ndarray  # an object array of Elem, traced like the integer tensor it stands for
 
 
 def deps_of(elem: Elem) -> frozenset[tuple[str, int]]:
@@ -57,111 +59,171 @@ def value_of(elem: Elem) -> int | None:
 
 
 def trace_shape_values(graph: gs.Graph) -> dict[str, list[Elem]]:
-    """Element provenance of every small integer vector computed from constants and Shape."""
-    values: dict[str, list[Elem]] = {}
+    """Element provenance of every small integer tensor computed from constants and Shape
+    (vectors as exporters build shapes and pads with, also reshaped, sliced and transposed
+    on the way). Returns the vectors (rank 0 or 1) by tensor name."""
+    arrays: dict[str, Values] = {}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and _is_small_int(tensor):
-            values[tensor.name] = [Const(int(v)) for v in np.asarray(tensor.values).ravel()]
+            values = np.asarray(tensor.values)
+            arrays[tensor.name] = _array([Const(int(v)) for v in values.ravel()], values.shape)
     for node in graph.nodes:
-        if node.op not in PLUMBING:
-            continue
-        result = _trace_node(node, values)
-        if result is not None:
-            values[node.outputs[0].name] = result
-    return values
+        if node.op in PLUMBING:
+            result = _traced(node, arrays)
+            if result is not None and result.size <= MAX_SHAPE_VECTOR:
+                arrays[node.outputs[0].name] = result
+    return {name: list(values.ravel()) for name, values in arrays.items() if values.ndim <= 1}
+
+
+def _array(elems: list[Elem], shape) -> Values:
+    array = np.empty(len(elems), dtype=object)
+    array[:] = elems
+    return array.reshape(shape)
 
 
 def _is_small_int(tensor: gs.Constant) -> bool:
-    return (np.issubdtype(tensor.dtype, np.integer) and len(tensor.shape) <= 1
-            and int(np.prod(tensor.shape)) <= MAX_SHAPE_VECTOR)
+    return np.issubdtype(tensor.dtype, np.integer) and int(np.prod(tensor.shape)) <= MAX_SHAPE_VECTOR
 
 
-def _trace_node(node: gs.Node, values: dict[str, list[Elem]]) -> list[Elem] | None:
+def _traced(node: gs.Node, arrays: dict[str, Values]) -> Values | None:
+    try:
+        result = _trace_node(node, arrays)
+        if result is None:
+            return None
+        if not isinstance(result, np.ndarray):  # a single element (a scalar Gather)
+            single = np.empty((), dtype=object)
+            single[()] = result
+            return single
+        return result
+    except (ValueError, IndexError, TypeError):  # shapes that do not fit: not traced
+        return None
+
+
+def _trace_node(node: gs.Node, arrays: dict[str, Values]) -> Values | None:
     if node.op == "Shape":
         return _trace_shape(node)
-    inputs = [values.get(t.name) if t.name else None for t in node.inputs]
-    if inputs[0] is None:
+    inputs = [arrays.get(t.name) if t.name else None for t in node.inputs]
+    if not inputs or inputs[0] is None:
         return None
+    x, attrs = inputs[0], node.attrs
     if node.op == "ConstantOfShape":
-        return _trace_constant_of_shape(node, inputs[0])
+        return _trace_constant_of_shape(node, x)
+    if node.op in ("Cast", "Identity"):
+        return x
+    if node.op in ("Unsqueeze", "Squeeze", "Reshape"):
+        shape = node.outputs[0].shape
+        target = _ints(inputs[1]) if node.op == "Reshape" and len(inputs) > 1 else None
+        if target is not None and all(t > 0 or t == -1 for t in target):
+            return x.reshape(target)
+        return x.reshape(shape) if shape is not None and all(isinstance(d, int) for d in shape) else None
+    if node.op == "Transpose":
+        return np.transpose(x, attrs.get("perm"))
+    if node.op == "Concat":
+        return None if any(v is None for v in inputs) else np.concatenate(inputs, axis=attrs.get("axis", 0))
+    if node.op == "Gather":
+        indices = _ints_array(inputs[1]) if len(inputs) > 1 else None
+        return None if indices is None else np.take(x, indices, axis=attrs.get("axis", 0))
+    if node.op == "Slice":
+        if "starts" in attrs:  # opset < 10: bounds are attributes
+            bounds = [attrs["starts"], attrs["ends"], attrs.get("axes", list(range(len(attrs["starts"]))))]
+            return _trace_slice(x, [_array([Const(int(v)) for v in b], (len(b),)) for b in bounds])
+        return _trace_slice(x, inputs[1:])
     if node.op == "Where":
         return _trace_where(inputs)
-    if node.op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
-        return inputs[0]
-    if node.op == "Concat":
-        return None if any(x is None for x in inputs) else [e for x in inputs for e in x]
-    if node.op == "Gather":
-        return _trace_gather(inputs)
-    if node.op == "Slice":
-        return _trace_slice(node, inputs)
-    return _trace_arithmetic(node.op, inputs)
+    if node.op in ("Neg", "Abs", "Ceil", "Floor", "Clip"):
+        return _trace_unary(node, inputs)
+    if len(inputs) != 2 or inputs[1] is None:
+        return None
+    return _vectorized(lambda a, b: _combine(node.op, a, b))(x, inputs[1])
 
 
-def _trace_shape(node: gs.Node) -> list[Elem] | None:
+def _vectorized(function):
+    return np.frompyfunc(function, 2, 1)
+
+
+def _ints(values: Values | None) -> list[int] | None:
+    if values is None or any(not isinstance(e, Const) for e in values.ravel()):
+        return None
+    return [e.value for e in values.ravel()]
+
+
+def _ints_array(values: Values) -> np.ndarray | None:
+    flat = _ints(values)
+    return None if flat is None else np.array(flat, dtype=np.int64).reshape(values.shape)
+
+
+def _trace_shape(node: gs.Node) -> Values | None:
     tensor = node.inputs[0]
     if tensor.shape is None:
         return None
     rank = len(tensor.shape)
     start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
     axes = range(rank)[slice(start, end)]
-    return [Dim(tensor.name, a, _static(tensor.shape[a])) for a in axes]
+    return _array([Dim(tensor.name, a, _static(tensor.shape[a])) for a in axes], (len(axes),))
 
 
-def _trace_gather(inputs: list) -> list[Elem] | None:
-    if len(inputs) < 2 or inputs[1] is None or any(not isinstance(e, Const) for e in inputs[1]):
+def _trace_slice(x: Values, params: list) -> Values | None:
+    """Slice with constant starts, ends, axes and steps (any step, any axis)."""
+    starts, ends = _ints(params[0]) if params else None, _ints(params[1]) if len(params) > 1 else None
+    if starts is None or ends is None:
         return None
-    data = inputs[0]
-    return [data[e.value] for e in inputs[1]]
-
-
-def _trace_slice(node: gs.Node, inputs: list) -> list[Elem] | None:
-    params = []
-    for x in inputs[1:]:
-        if x is None or any(not isinstance(e, Const) for e in x):
-            return None
-        params.append([e.value for e in x])
-    if len(params) < 2:
+    axes = _ints(params[2]) if len(params) > 2 and params[2] is not None else list(range(len(starts)))
+    steps = _ints(params[3]) if len(params) > 3 and params[3] is not None else [1] * len(starts)
+    if axes is None or steps is None:
         return None
-    step = params[3][0] if len(params) > 3 else 1
-    return inputs[0][params[0][0]:params[1][0]:step]
+    index = [slice(None)] * x.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        index[axis] = slice(*_clamped(start, end, step, x.shape[axis]))
+    return x[tuple(index)]
 
 
-def _trace_constant_of_shape(node: gs.Node, shape: list[Elem]) -> list[Elem] | None:
-    """A small vector filled with one value, as exporters build Expand shapes with."""
-    length = value_of(shape[0]) if len(shape) == 1 else None
-    if length is None or length > MAX_SHAPE_VECTOR:
+def _clamped(start: int, end: int, step: int, size: int) -> tuple[int, int | None, int]:
+    """ONNX Slice bounds (huge or negative sentinels) as Python slice bounds."""
+    start, end = (start + size if start < 0 else start), (end + size if end < 0 else end)
+    if step > 0:
+        return min(max(start, 0), size), min(max(end, 0), size), step
+    start = min(max(start, -1), size - 1)
+    return start, (None if end < 0 else min(end, size - 1)), step
+
+
+def _trace_constant_of_shape(node: gs.Node, shape: Values) -> Values | None:
+    """A small tensor filled with one value, as exporters build Expand shapes and pads with."""
+    dims = [value_of(e) for e in shape.ravel()]  # a static size traced from Shape counts too
+    if None in dims or int(np.prod(dims)) > MAX_SHAPE_VECTOR:
         return None
     fill = node.attrs.get("value")
     value = np.asarray(fill.values).ravel()[0] if fill is not None else 0
     if not float(value).is_integer():
         return None
-    return [Const(int(value))] * length
+    return _array([Const(int(value))] * int(np.prod(dims)), dims)
 
 
-def _trace_where(inputs: list) -> list[Elem] | None:
+def _trace_where(inputs: list) -> Values | None:
     if len(inputs) != 3 or any(x is None for x in inputs):
         return None
-    condition, a, b = inputs
-    size = max(map(len, inputs))
-    if any(len(x) not in (1, size) for x in inputs):
+    condition, a, b = np.broadcast_arrays(*inputs)
+    if any(not isinstance(c, Const) for c in condition.ravel()):
         return None
-    picked = []
-    for i in range(size):
-        choice = condition[i % len(condition)]
-        if not isinstance(choice, Const):
-            return None
-        picked.append(a[i % len(a)] if choice.value else b[i % len(b)])
-    return picked
+    picked = [x if c.value else y for c, x, y in zip(condition.ravel(), a.ravel(), b.ravel())]
+    return _array(picked, condition.shape)
 
 
-def _trace_arithmetic(op: str, inputs: list) -> list[Elem] | None:
-    if len(inputs) != 2 or inputs[1] is None:
-        return None
-    a, b = inputs
-    if len(a) != len(b) and 1 not in (len(a), len(b)):
-        return None
-    size = max(len(a), len(b))
-    return [_combine(op, a[i % len(a)], b[i % len(b)]) for i in range(size)]
+def _trace_unary(node: gs.Node, inputs: list) -> Values:
+    """Ceil/Floor of integers change nothing; Neg/Abs/Clip of constants compute, else opaque."""
+    x = inputs[0]
+    if node.op in ("Ceil", "Floor"):
+        return x
+    bounds = [_ints(v) for v in inputs[1:3]] if node.op == "Clip" else []
+
+    def apply(elem: Elem) -> Elem:
+        if not isinstance(elem, Const) or any(b is None for b in bounds):
+            return Opaque(deps_of(elem))
+        value = {"Neg": lambda v: -v, "Abs": abs}.get(node.op, lambda v: v)(elem.value)
+        if node.op == "Clip":
+            low, high = (bounds + [None, None])[:2]
+            value = min(max(value, low[0] if low else value), high[0] if high else value)
+        return Const(value)
+    return np.frompyfunc(apply, 1, 1)(x)
 
 
 def _combine(op: str, a: Elem, b: Elem) -> Elem:
@@ -186,15 +248,11 @@ def _is_negative(elem: Elem) -> bool:
 
 
 def _apply(op: str, a: int, b: int) -> int:
-    if op == "Add":
-        return a + b
-    if op == "Sub":
-        return a - b
-    if op == "Mul":
-        return a * b
-    if op == "Equal":
-        return int(a == b)
-    return int(a / b) if b else 0  # Div: ONNX integer division truncates
+    if op == "Div":
+        return int(a / b) if b else 0  # ONNX integer division truncates
+    if op == "Mod":
+        return a % b if b else 0
+    return {"Add": a + b, "Sub": a - b, "Mul": a * b, "Equal": int(a == b), "Max": max(a, b), "Min": min(a, b)}[op]
 
 
 def _static(dim) -> int | None:

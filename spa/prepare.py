@@ -1,0 +1,90 @@
+"""Graph preparation before the analysis, and its undoing after the rewrite.
+
+Exporters alias and share constants for reasons that have nothing to do with the model:
+- `Identity(constant)` nodes (the torch exporter's deduplicated parameters, paddle2onnx's
+  casts) are the constant itself: readers are pointed at it directly;
+- a constant whose elements are all equal (a zero bias, a unit LayerNorm scale), read by
+  several nodes, is shared only because the exporter deduplicated equal tensors. Sharing it
+  would couple every reader's channels into one group, so each reader gets its own copy;
+  `reshare` merges the copies that are still equal after pruning. A constant with distinct
+  values read by several nodes (a tied embedding, ALBERT's one layer used at every depth)
+  is shared for real and stays shared: it couples its readers, and `spa inspect` says so.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.load import read_values
+
+COPY_MARK = "__spa_copy"
+
+
+def prepare(graph: gs.Graph) -> None:
+    _bypass_constant_identities(graph)
+    _unshare_uniform_constants(graph)
+
+
+def _bypass_constant_identities(graph: gs.Graph) -> None:
+    outputs = {t.name for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op != "Identity" or not isinstance(node.inputs[0], gs.Constant) or node.outputs[0].name in outputs:
+            continue
+        constant, alias = node.inputs[0], node.outputs[0]
+        for reader in list(alias.outputs):
+            _replace_input(reader, alias, constant)
+        node.outputs.clear()
+        graph.nodes.remove(node)
+
+
+def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for index, tensor in enumerate(node.inputs):
+        if tensor is old:
+            node.inputs[index] = new
+
+
+def _unshare_uniform_constants(graph: gs.Graph) -> None:
+    readers: dict[str, list[gs.Node]] = {}
+    constants: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) and node not in readers.setdefault(tensor.name, []):
+                readers[tensor.name].append(node)
+                constants[tensor.name] = tensor
+    for name, nodes in readers.items():
+        tensor = constants[name]
+        if len(nodes) < 2 or not _uniform_parameter(tensor):
+            continue
+        for index, node in enumerate(nodes[1:], 1):
+            _replace_input(node, tensor, gs.Constant(f"{name}{COPY_MARK}{index}", np.array(read_values(tensor))))
+
+
+def _uniform_parameter(tensor: gs.Constant) -> bool:
+    """A float tensor of more than one element, all equal."""
+    if not np.issubdtype(tensor.dtype, np.floating) or int(np.prod(tensor.shape)) < 2:
+        return False
+    values = read_values(tensor)
+    return bool(np.all(values == values.flat[0]))
+
+
+def reshare(graph: gs.Graph) -> None:
+    """Point the readers of equal copies made by `prepare` back at one tensor, under the
+    original name where the original is no longer read."""
+    bases = {name.split(COPY_MARK)[0] for name in graph.tensors() if COPY_MARK in name}
+    if not bases:
+        return
+    kept: dict[tuple, gs.Constant] = {}
+    for node in graph.nodes:
+        for index, tensor in enumerate(node.inputs):
+            base = tensor.name.split(COPY_MARK)[0]
+            if not isinstance(tensor, gs.Constant) or base not in bases:
+                continue
+            values = read_values(tensor)
+            key = (base, values.dtype.str, values.shape, values.tobytes())
+            node.inputs[index] = kept.setdefault(key, tensor)
+    in_use = graph.tensors()
+    for name, tensor in in_use.items():
+        base = name.split(COPY_MARK)[0]
+        if COPY_MARK in name and base not in in_use:
+            tensor.name = base
+            in_use = {**in_use, base: tensor}
