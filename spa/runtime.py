@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from spa.errors import SpaError, first_line
 
-ort.set_default_logger_severity(3)  # errors only; spa catches and rewords them
+ort.set_default_logger_severity(4)  # fatal only: spa catches errors and rewords them
 
 ModelSource = onnx.ModelProto | Path | str | bytes
 
@@ -22,8 +22,9 @@ def session(model: ModelSource, threads: int | None = None, optimize: str = "bas
     """A CPU session for a model (proto, serialized bytes, or a path: a path lets onnxruntime
     read external data beside it). `threads` None: onnxruntime's default."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    options.log_severity_level = 4
+    options.graph_optimization_level = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimize]
     if threads is not None:
         options.intra_op_num_threads = threads

@@ -170,6 +170,7 @@ def column_values(layer: LinearLayer, per_position: np.ndarray) -> np.ndarray:
 
 def member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:
     """Sum of |w|^power over each channel's slice of one member."""
+    values = values.astype(np.float64)  # squares of float32 denormals (dead channels of trained models) are not 0
     magnitudes = np.abs(values) if power == 1 else np.square(values)
     if member.within is None:
         moved = np.moveaxis(magnitudes, member.axis, 0).reshape(values.shape[member.axis], -1)

@@ -13,7 +13,7 @@ import onnx
 from spa.errors import SpaError, first_line
 from spa.inputs import InputMaker
 from spa.load import Loaded
-from spa.runtime import run
+from spa.runtime import run, session
 
 # Sizes tried for open input dims, (batch, others), until the input model runs: images need
 # room for strides and kernels (and multiples of 32 for detectors), sequences fit small sizes.
@@ -74,20 +74,39 @@ def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path) -> float
 
 def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
     """The built-in exactness check: the pruned model must compute what the full-size
-    model with the removed channels zeroed computes. Returns the largest difference."""
+    model with the removed channels zeroed computes, within float rounding. Returns the
+    largest difference."""
     expected = run(masked, feeds, "internal error: the zeroed model")
     actual = run(pruned, feeds, "internal error: the pruned model")
-    worst = 0.0
-    for want, got in zip(expected, actual):
-        if not np.issubdtype(want.dtype, np.floating) or not want.size:
-            continue
-        difference = _max_difference(want, got)
-        scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0))
-        if not difference <= EQUIVALENCE_ATOL + EQUIVALENCE_RTOL * scale:  # NaN fails too
+    differences = [_max_difference(w, g) for w, g in zip(expected, actual)]
+    tolerances = [_tolerance(w) for w in expected]
+    if any(not d <= t for d, t in zip(differences, tolerances)):  # NaN fails too
+        floors = rounding_noise(masked, feeds, expected)
+        tolerances = [max(t, NOISE_FACTOR * f) for t, f in zip(tolerances, floors)]
+    for difference, tolerance in zip(differences, tolerances):
+        if not difference <= tolerance:
             raise SpaError(f"internal error: the pruned model differs from the zeroed model by {difference:.3g}; "
                            "please report this model")
-        worst = max(worst, difference)
-    return worst
+    return max(differences, default=0.0)
+
+
+NOISE_FACTOR = 4
+
+
+def _tolerance(want: np.ndarray) -> float:
+    if not np.issubdtype(want.dtype, np.floating) or not want.size:
+        return 0.0
+    scale = float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0))
+    return EQUIVALENCE_ATOL + EQUIVALENCE_RTOL * scale
+
+
+def rounding_noise(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[np.ndarray]) -> list[float]:
+    """How far float rounding alone moves each output of `model`: the same model run without
+    graph optimizations (other kernels, other summation orders) against `outputs`. Deep
+    float32 networks and float16 models differ by more than a fixed tolerance this way."""
+    plain = session(model, optimize="none").run(None, feeds)
+    return [_max_difference(w, g) if np.issubdtype(w.dtype, np.floating) else 0.0
+            for w, g in zip(outputs, plain)]
 
 
 def _max_difference(want: np.ndarray, got: np.ndarray) -> float:
