@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
@@ -42,7 +43,7 @@ def load_model(source: ModelSource) -> Loaded:
     if isinstance(source, onnx.ModelProto):
         check_model(source)
         _check_finite(source, None)
-        return Loaded(source)
+        return Loaded(_inlined(source))
     path = Path(source)
     try:
         if not path.exists():
@@ -55,12 +56,43 @@ def load_model(source: ModelSource) -> Loaded:
     except (DecodeError, RuntimeError, ValueError) as error:
         raise SpaError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
     check_model(model, path)
+    model = _inlined(model)
     _check_external_files(model, path)
     _load_small_external(model, path.parent)
     external = any(uses_external_data(t) for t in model.graph.initializer)
     loaded = Loaded(model, path.parent if external else None, path)
     _check_finite(model, loaded.base_dir)
     return loaded
+
+
+def _inlined(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Calls of the model's local functions replaced by their bodies (jax2onnx and others put
+    whole networks in functions): the channels inside become visible, and prunable."""
+    if not model.functions:
+        return model
+    model = _function_domains_agreed(model)
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as error:  # noqa: BLE001 - onnx raises several types
+        raise SpaError(f"cannot inline the model's local functions: {first_line(error)}") from None
+
+
+def _function_domains_agreed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every import of a local function's domain has the model's version: some
+    exporters stamp them differently (jax2onnx), which the inliner refuses, though a
+    function domain's version means nothing."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    local = {f.domain for f in copy.functions}
+    versions = {o.domain: o.version for o in copy.opset_import}
+    for domain in local - set(versions):
+        copy.opset_import.add(domain=domain, version=1)
+        versions[domain] = 1
+    for function in copy.functions:
+        for opset in function.opset_import:
+            if opset.domain in local:
+                opset.version = versions[opset.domain]
+    return copy
 
 
 def input_files(loaded: Loaded) -> set[Path]:

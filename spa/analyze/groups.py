@@ -40,11 +40,12 @@ KINDS = ("channels", "heads", "mlp", "hidden")
 class Group:
     """Coupled channels. `kind`: "channels" (conv), "heads" (attention heads, each a block
     of projection columns), "mlp" (neurons of a linear layer) or "hidden" (a linear layer's
-    outputs read by a normalization: the residual stream of a transformer)."""
+    outputs of several layers, read by a normalization: the residual stream of a transformer)."""
     id: int
     name: str  # the node whose output channels started the group
     roots: list[int]  # channel i is the label class roots[i]
     ops: set[str] = field(default_factory=set)  # op types of the nodes making its channels
+    makers: set[str] = field(default_factory=set)  # names of the nodes making its channels
     kind: str = "channels"
     head_dim: int = 0  # for heads: positions per head where the attention splits them
     members: list[Member] = field(default_factory=list)
@@ -120,7 +121,7 @@ def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
         dims = [head_dims[root] for root in group.roots if root in head_dims]
         if dims and linear:
             group.kind, group.head_dim = "heads", min(dims)
-        elif linear and not group.exact:
+        elif linear and not group.exact and len(group.makers) > 1:  # several layers write it: a residual stream
             group.kind = "hidden"
         else:
             group.kind = "mlp" if linear else "channels"
@@ -151,6 +152,7 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
                 by_component[component] = Group(id=len(by_component), name=name, roots=[])
             group = by_component[component]
             group.ops.add(op)
+            group.makers.add(name)
             if root not in seen:
                 seen.add(root)
                 group.roots.append(root)

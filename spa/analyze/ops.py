@@ -67,13 +67,26 @@ def broadcast(ctx: NodeContext) -> None:
 
 @rule("Div", "Mod")
 def Div(ctx: NodeContext) -> None:
-    """Dividing by a zeroed channel is not finite: such channels are inexact."""
+    """Dividing by a zeroed channel is not finite, and removing a channel changes what the
+    other channels are divided by, unless each channel is divided by a statistic of its own
+    (a per-head norm, a per-group norm written out): then the divisor's axis holds exactly
+    the dividend's channels, position by position (or the dividend is one number)."""
     if ctx.is_const(1):
         ctx.state.divisors.add(ctx.tensor(1).name)
-    else:
-        for labels in ctx.axes(1) or []:
-            ctx.inexact(labels, f"{ctx.where()} divides by a channel")
+    elif not (ctx.is_const(0) and np.size(ctx.const(0)) == 1):  # c / x_i: each channel its own reciprocal
+        dividend, divisor = ctx.axes(0), ctx.axes(1)
+        for k, labels in enumerate(divisor or []):
+            if not _own_channels(ctx, dividend, divisor, k):
+                ctx.inexact(labels, f"{ctx.where()} divides by a channel")
     broadcast(ctx)
+
+
+def _own_channels(ctx: NodeContext, dividend: AxisLabels | None, divisor: AxisLabels, k: int) -> bool:
+    labels = divisor[k]
+    j = k - len(divisor) + len(dividend) if dividend is not None else -1
+    if labels is None or j < 0 or dividend[j] is None or len(dividend[j]) != len(labels):
+        return labels is None
+    return bool(np.array_equal(ctx.space.roots(dividend[j]), ctx.space.roots(labels)))
 
 
 @rule("Pow")

@@ -62,13 +62,57 @@ def _carry_block(ctx: NodeContext, x: AxisLabels, in_dims: list, out_shape: list
     roots = ctx.space.roots(flat).reshape(block_out)
     carrier = _single_varying_axis(roots)
     if carrier is None:
-        carrier = next(i for i, n in enumerate(block_out) if n > 1)
+        carrier = _head_axis(block_out, [o in _split_axes(ctx) for o in out_axes])
         for q in range(block_out[carrier]):
             head = np.take(grid, q, axis=carrier).ravel()
-            ctx.state.head_labels.append((ctx.space.merge_all(head), len(head)))
+            head_dim = block_out[-1] if carrier < len(block_out) - 1 else len(head)  # the innermost axis
+            ctx.state.head_labels.append((ctx.space.merge_all(head), head_dim))
     first_slice = [0] * len(block_out)
     first_slice[carrier] = slice(None)
     out[out_axes[carrier]] = grid[tuple(first_slice)].copy()
+
+
+def _head_axis(block_out: list[int], split: list[bool]) -> int:
+    """Where channels split into several axes, the one whose slices become channels (heads):
+    not an axis the graph then splits or indexes (the q/k/v axis of a fused projection
+    reshaped to (3, heads, head_dim)), and not the innermost of several (head_dim)."""
+    candidates = [i for i, n in enumerate(block_out) if n > 1 and not split[i]]
+    if len(candidates) > 1:
+        candidates = candidates[:-1]
+    return candidates[0] if candidates else next(i for i, n in enumerate(block_out) if n > 1)
+
+
+SPLITTING = ("Split", "Gather", "Slice")
+
+
+def _split_axes(ctx: NodeContext) -> set[int]:
+    """Axes of the Reshape's output that a later Split, Gather or Slice cuts along, followed
+    through Transposes (fused q/k/v unbinding)."""
+    found: set[int] = set()
+    frontier = [(ctx.node.outputs[0], list(range(len(ctx.node.outputs[0].shape or []))))]
+    while frontier:
+        tensor, origin = frontier.pop()  # origin[k]: the Reshape output axis at axis k here
+        for reader in tensor.outputs:
+            if reader.op == "Transpose" and reader.inputs[0] is tensor:
+                perm = reader.attrs.get("perm", list(reversed(range(len(origin)))))
+                frontier.append((reader.outputs[0], [origin[p] for p in perm]))
+            elif reader.op in SPLITTING and reader.inputs[0] is tensor:
+                found.update(origin[a % len(origin)] for a in _cut_axes(reader, len(origin)))
+    return found
+
+
+def _cut_axes(node, rank: int) -> list[int]:
+    if node.op in ("Split", "Gather"):
+        return [node.attrs.get("axis", 0)]
+    if "axes" in node.attrs:
+        return list(node.attrs["axes"])
+    axes = node.inputs[3] if len(node.inputs) > 3 else None
+    values = getattr(axes, "values", None)
+    if values is not None:
+        return [int(a) for a in np.ravel(values)]
+    starts = node.inputs[1] if len(node.inputs) > 1 else None
+    count = len(starts.shape) and starts.shape[0] if starts is not None and starts.shape else 0
+    return list(range(count)) if isinstance(count, int) else []
 
 
 def _block_labels(labels: np.ndarray, block_in: list[int], position: int) -> np.ndarray:
