@@ -43,6 +43,17 @@ class PruneResult:
         return sum(len(channels) for channels in self.removed.values())
 
 
+def prepared_model(source: ModelSource) -> onnx.ModelProto:
+    """The model as the analysis sees it: local functions inlined, Constant nodes as
+    initializers, constant aliases bypassed and deduplicated uniform constants unshared
+    (spa.prepare). Same outputs as the input; its initializer names are the ones
+    `inspect` reports."""
+    loaded = load_model(source)
+    graph = import_graph(loaded)
+    prepare(graph)
+    return export(graph, loaded.model)
+
+
 def inspect(source: ModelSource, ignore: tuple[str, ...] | list[str] = ()) -> Analysis:
     """The coupled channel groups of a model, and why any are kept whole."""
     return _analyze(load_model(source), tuple(ignore))

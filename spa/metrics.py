@@ -46,11 +46,20 @@ def _constant_tensors(graph: onnx.GraphProto) -> list[TensorProto]:
     ]
 
 
+# Integer inputs that hold quantized weights and biases: op type -> input indices.
+_QUANTIZED_WEIGHTS = {"DequantizeLinear": (0,), "QLinearConv": (3, 8), "QLinearMatMul": (3,), "QGemm": (3, 6),
+                      "ConvInteger": (1,), "MatMulInteger": (1,), "DynamicQuantizeMatMul": (1,),
+                      "MatMulIntegerToFloat": (1,)}
+
+
 def count_params(model: onnx.ModelProto) -> int:
     """Number of elements in float initializers and float Constant-node tensors of the
-    main graph; integer tensors (shapes, indices) are not parameters."""
+    main graph, and in integer ones that hold quantized weights; other integer tensors
+    (shapes, indices) are not parameters."""
     tensors = list(model.graph.initializer) + _constant_tensors(model.graph)
-    return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES)
+    quantized = {node.input[i] for node in model.graph.node
+                 for i in _QUANTIZED_WEIGHTS.get(node.op_type, ()) if i < len(node.input)}
+    return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES or t.name in quantized)
 
 
 def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -104,17 +104,20 @@ def _update_shapes(state: AnalysisState, kept: Kept) -> None:
 # --- nodes whose attributes or shape inputs count channels ------------------------------
 
 def _fix_nodes(state: AnalysisState, kept: Kept, names: "_NameMaker") -> None:
-    fixers = {"Conv": _fix_conv, "Reshape": _fix_shape_input, "Expand": _fix_shape_input,
+    fixers = {"Conv": _fix_conv, "ConvInteger": _fix_conv, "QLinearConv": _fix_conv,
+              "Reshape": _fix_shape_input, "Expand": _fix_shape_input,
               "Split": _fix_split, "Slice": _fix_slice, "Resize": _fix_resize}
     for node in list(state.graph.nodes):
         if node.op in fixers:
             fixers[node.op](state, node, kept, names)
+    for count in state.head_counts:
+        count.node.attrs[count.attribute] = kept.size(count.labels) // count.head_dim
 
 
 def _fix_conv(state: AnalysisState, node: gs.Node, kept: Kept, names) -> None:
     """A depthwise Conv has one group per input channel."""
     groups = node.attrs.get("group", 1)
-    weight = node.inputs[1]
+    weight = node.inputs[3 if node.op == "QLinearConv" else 1]
     channels = state.axes[node.inputs[0].name][1]
     if groups > 1 and weight.shape[1] == 1 and channels is not None:
         node.attrs["group"] = kept.size(channels)

@@ -7,7 +7,9 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AnalysisState, NodeContext, static_dim
 from spa.analyze.groups import KINDS, Group, Member, build_groups
-from spa.analyze.ops import RULES, unknown
+from spa.analyze import ops_attention, ops_contrib, ops_quant  # noqa: F401 - they register their rules
+from spa.analyze.ops import unknown
+from spa.analyze.registry import rule_for
 from spa.analyze.shapes import check_shape_uses, trace_shape_values
 
 __all__ = ["DEFAULT_TARGETS", "KINDS", "Analysis", "Group", "Member", "analyze"]
@@ -52,8 +54,7 @@ def analyze(graph: gs.Graph, opset: int, keep: tuple[str, ...] = ()) -> Analysis
 
 def _run_rule(state: AnalysisState, node: gs.Node) -> None:
     ctx = NodeContext(state, node)
-    known = (node.domain or "") in ("", "ai.onnx") and node.op in RULES
-    (RULES[node.op] if known else unknown)(ctx)
+    (rule_for(node) or unknown)(ctx)
     for index, tensor in enumerate(node.inputs):
         axes = state.axes.get(tensor.name) if tensor.name else None
         for k, labels in enumerate(axes or []):

@@ -21,6 +21,16 @@ class GroupedColumns:
 
 
 @dataclass
+class HeadCount:
+    """A node attribute holding how many heads an axis carries (a fused attention's
+    `num_heads`): the rewrite sets it to the kept positions of `labels` over `head_dim`."""
+    node: gs.Node
+    attribute: str
+    labels: Labels
+    head_dim: int
+
+
+@dataclass
 class AnalysisState:
     graph: gs.Graph
     opset: int
@@ -29,7 +39,8 @@ class AnalysisState:
     axes: dict[str, AxisLabels] = field(default_factory=dict)
     channel_spaces: list[tuple[Labels, str, str]] = field(default_factory=list)  # (outputs, node, op)
     producers: set[tuple[str, int]] = field(default_factory=set)  # (initializer, axis) making outputs
-    head_labels: list[tuple[int, int]] = field(default_factory=list)  # (label, positions) per head a Reshape split
+    head_labels: list[tuple[int, int]] = field(default_factory=list)  # (label, head_dim) per head a Reshape split
+    head_counts: list[HeadCount] = field(default_factory=list)  # attributes counting heads, for the rewrite
     partitions: list[tuple[Labels, int]] = field(default_factory=list)  # balanced-removal segments
     grouped_columns: list[GroupedColumns] = field(default_factory=list)
     statistics: set[str] = field(default_factory=set)  # running mean/var: not scored by magnitude
@@ -57,6 +68,20 @@ class NodeContext:
         self.space = state.space
         self.read: set[tuple[int, int]] = set()
         self.outputs_set: set[int] = set()
+        self.indices: list[int] = list(range(len(node.inputs)))  # input i of this view -> node input
+
+    def view(self, indices: list[int]) -> "NodeContext":
+        """The node seen as the op its inputs `indices` make (a QLinearConv as a Conv of its
+        data, weight and bias): input i of the view is node input indices[i]; reads and
+        outputs are recorded on the node."""
+        view = NodeContext.__new__(NodeContext)
+        view.__dict__.update(self.__dict__)
+        view.indices = list(indices)
+        return view
+
+    @property
+    def input_count(self) -> int:
+        return len(self.indices)
 
     # --- inputs -------------------------------------------------------------------------
     @property
@@ -64,28 +89,31 @@ class NodeContext:
         return self.node.name or self.node.outputs[0].name
 
     def where(self) -> str:
-        return f"{self.node.op} '{self.name}'"
+        domain = self.node.domain or ""
+        op = self.node.op if domain in ("", "ai.onnx") else f"{domain}:{self.node.op}"
+        return f"{op} '{self.name}'"
 
     def attr(self, name: str, default=None):
         return self.node.attrs.get(name, default)
 
     def has_input(self, index: int) -> bool:
-        return index < len(self.node.inputs) and bool(self.node.inputs[index].name)
+        return index < len(self.indices) and self.indices[index] < len(self.node.inputs) \
+            and bool(self.tensor(index).name)
 
     def tensor(self, index: int) -> gs.Tensor:
-        return self.node.inputs[index]
+        return self.node.inputs[self.indices[index]]
 
     def const(self, index: int) -> np.ndarray | None:
         if not self.has_input(index):
             return None
-        tensor = self.node.inputs[index]
+        tensor = self.tensor(index)
         return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
 
     def is_const(self, index: int) -> bool:
-        return self.has_input(index) and isinstance(self.node.inputs[index], gs.Constant)
+        return self.has_input(index) and isinstance(self.tensor(index), gs.Constant)
 
     def shape(self, index: int) -> list | None:
-        return _shape(self.node.inputs[index]) if self.has_input(index) else None
+        return _shape(self.tensor(index)) if self.has_input(index) else None
 
     def out_shape(self, index: int = 0) -> list | None:
         return _shape(self.node.outputs[index])
@@ -102,7 +130,7 @@ class NodeContext:
         labels = self.state.labels_of(self.tensor(index))
         if labels is None:
             return None
-        self.read.update((index, k) for k in range(len(labels)))
+        self.read.update((self.indices[index], k) for k in range(len(labels)))
         return list(labels)
 
     def axis(self, index: int, k: int) -> Labels | None:
@@ -110,7 +138,7 @@ class NodeContext:
         if labels is None:
             return None
         k = k % len(labels)
-        self.read.add((index, k))
+        self.read.add((self.indices[index], k))
         return labels[k]
 
     # --- outputs ------------------------------------------------------------------------
@@ -150,11 +178,37 @@ class NodeContext:
         input `weight`: one prunable group."""
         if labels is not None:
             self.state.channel_spaces.append((labels, self.name, self.node.op))
-            self.state.producers.add((self.tensor(weight).name, self._axis_of(weight, labels)))
+            self.state.producers.add((self.weight_source(weight).name, self._axis_of(weight, labels)))
+
+    def weight_source(self, index: int) -> gs.Tensor:
+        """The constant behind input `index`: through DequantizeLinear (a quantized weight),
+        Cast and Identity, whose axes are the constant's."""
+        tensor = self.tensor(index)
+        while not isinstance(tensor, gs.Constant) and tensor.inputs \
+                and tensor.inputs[0].op in ("DequantizeLinear", "Cast", "Identity") and tensor.inputs[0].inputs:
+            tensor = tensor.inputs[0].inputs[0]
+        return tensor if isinstance(tensor, gs.Constant) else self.tensor(index)
 
     def _axis_of(self, index: int, labels: Labels) -> int:
         axes = self.state.labels_of(self.tensor(index)) or []
         return next(k for k, candidate in enumerate(axes) if candidate is labels)
+
+    def split_heads(self, labels: Labels | None, heads: int) -> int | None:
+        """A flat axis of `heads` equal blocks (a fused attention's hidden axis): each block is
+        one channel, a head. Returns head_dim, or None (and the axis fixed) when it does not divide."""
+        if labels is None:
+            return None
+        if heads < 1 or len(labels) % heads:
+            self.fix(labels, f"{self.where()}: {len(labels)} positions are not {heads} heads")
+            return None
+        head_dim = len(labels) // heads
+        for block in labels.reshape(heads, head_dim):
+            self.state.head_labels.append((self.space.merge_all(block), head_dim))
+        return head_dim
+
+    def count_heads(self, attribute: str, labels: Labels, head_dim: int) -> None:
+        """The rewrite must set `attribute` to the heads left on `labels`."""
+        self.state.head_counts.append(HeadCount(self.node, attribute, labels, head_dim))
 
     def fresh_fixed(self, count: int, reason: str) -> Labels:
         labels = self.space.new(count)

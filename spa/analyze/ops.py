@@ -6,24 +6,12 @@ outputs' labels. Ops without a rule keep every channel they touch.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AxisLabels, GroupedColumns, NodeContext, static_dim
+from spa.analyze.registry import RULES, rule, rule_key
 from spa.analyze.reshape import flatten_shape, reshape_axes
-
-Rule = Callable[[NodeContext], None]
-RULES: dict[str, Rule] = {}
-
-
-def rule(*ops: str) -> Callable[[Rule], Rule]:
-    def register(function: Rule) -> Rule:
-        for op in ops:
-            RULES[op] = function
-        return function
-    return register
 
 
 # --- element-wise ----------------------------------------------------------------------
@@ -41,7 +29,7 @@ def elementwise_unary(ctx: NodeContext) -> None:
     x = ctx.axes(0)
     for index in range(len(ctx.node.outputs)):
         ctx.set_output(index, x if x is not None else [])
-    for index in range(1, len(ctx.node.inputs)):  # Dropout ratio / training_mode scalars
+    for index in range(1, ctx.input_count):  # Dropout ratio / training_mode scalars
         ctx.axes(index)
 
 
@@ -61,7 +49,7 @@ def CastLike(ctx: NodeContext) -> None:
 @rule("Add", "Sub", "Mul", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Less", "Greater",
       "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "PRelu")
 def broadcast(ctx: NodeContext) -> None:
-    out = broadcast_inputs(ctx, list(range(len(ctx.node.inputs))))
+    out = broadcast_inputs(ctx, list(range(ctx.input_count)))
     ctx.set_output(0, out)
 
 
@@ -150,7 +138,7 @@ def _dim(ctx: NodeContext, index: int, axis: int, labels):
 @rule("Conv")
 def Conv(ctx: NodeContext) -> None:
     x, w = ctx.axes(0), ctx.axes(1)
-    if x is None:
+    if x is None or w is None or len(w) < 2:
         return unknown(ctx)
     groups = ctx.attr("group", 1)
     ctx.fix_all(x[2:], f"spatial axis of {ctx.where()}")
@@ -187,7 +175,7 @@ def _grouped(ctx: NodeContext, x_channels, out_channels, groups: int) -> None:
         ctx.fix(x_channels, f"{ctx.where()}: input channels not divisible by groups")
         return
     ctx.state.partitions.append((x_channels, groups))
-    ctx.state.grouped_columns.append(GroupedColumns(ctx.tensor(1).name, x_channels, groups))
+    ctx.state.grouped_columns.append(GroupedColumns(ctx.weight_source(1).name, x_channels, groups))
 
 
 @rule("ConvTranspose")
@@ -462,7 +450,7 @@ def _input_dims(ctx: NodeContext, index: int, x: AxisLabels | None) -> list | No
 
 @rule("Concat")
 def Concat(ctx: NodeContext) -> None:
-    inputs = [ctx.axes(i) for i in range(len(ctx.node.inputs))]
+    inputs = [ctx.axes(i) for i in range(ctx.input_count)]
     if any(x is None for x in inputs):
         return unknown(ctx)
     rank = len(inputs[0])
@@ -530,7 +518,7 @@ def _split_sizes(ctx: NodeContext, x: AxisLabels, axis: int) -> list[int] | None
 @rule("Slice")
 def Slice(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    for index in range(1, len(ctx.node.inputs)):
+    for index in range(1, ctx.input_count):
         ctx.axes(index)
     params = slice_params(ctx.node, len(x)) if x is not None else None
     if x is None or params is None:
@@ -588,7 +576,7 @@ def Pad(ctx: NodeContext) -> None:
     """Padded axes cannot carry channels; an axis padded by a constant 0 on both ends can.
     Pads computed in the graph (TF-style "same" padding) are traced element by element."""
     x = ctx.axes(0)
-    for index in range(1, len(ctx.node.inputs)):
+    for index in range(1, ctx.input_count):
         ctx.axes(index)
     pads, axes = _pad_elements(ctx), _pad_axes(ctx, x)
     if x is None or pads is None or axes is None or len(pads) != 2 * len(axes):
@@ -623,7 +611,7 @@ def _is_zero(elem) -> bool:
 def Resize(ctx: NodeContext) -> None:
     x = ctx.axes(0)
     factors = _resize_factors(ctx, x)
-    for index in range(1, len(ctx.node.inputs)):
+    for index in range(1, ctx.input_count):
         ctx.axes(index)
     if x is None or factors is None:
         return unknown(ctx)
@@ -783,7 +771,7 @@ def Size(ctx: NodeContext) -> None:
 @rule("ConstantOfShape", "Range")
 def creates_from_shape(ctx: NodeContext) -> None:
     """Inputs are shape vectors and scalars; what reads their sizes is checked later."""
-    for index in range(len(ctx.node.inputs)):
+    for index in range(ctx.input_count):
         ctx.axes(index)
     shape = ctx.out_shape()
     ctx.set_output(0, [None] * len(shape) if shape is not None else None)
@@ -791,11 +779,12 @@ def creates_from_shape(ctx: NodeContext) -> None:
 
 def unknown(ctx: NodeContext) -> None:
     """An op the analysis cannot follow: every channel it touches is kept."""
-    reason = f"{ctx.where()} is not supported" if ctx.node.op not in RULES else \
+    reason = f"{ctx.where()} is not supported" if rule_key(ctx.node) not in RULES else \
         f"{ctx.where()}: shapes or arguments it cannot follow"
-    for index in range(len(ctx.node.inputs)):
-        if ctx.has_input(index):
-            ctx.fix_all(ctx.axes(index), reason)
+    whole = ctx.view(list(range(len(ctx.node.inputs))))  # every input of the node, in a view too
+    for index in range(whole.input_count):
+        if whole.has_input(index):
+            whole.fix_all(whole.axes(index), reason)
     for name in _outer_names(ctx.node):
         ctx.fix_all(ctx.state.axes.get(name), reason)
     for index, tensor in enumerate(ctx.node.outputs):
