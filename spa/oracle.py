@@ -17,10 +17,11 @@ import onnx
 from onnx import numpy_helper
 
 from spa import api
-from spa.inputs import make_inputs
+from spa.load import load_model
 from spa.runtime import run
 from spa.select import removable_in_order
-from spa.verify import NOISE_FACTOR, quantizes_activations, rounding_noise, without_activation_quantization
+from spa.verify import (NOISE_FACTOR, quantizes_activations, reference_run, rounding_noise,
+                        without_activation_quantization)
 
 
 @dataclass
@@ -115,7 +116,7 @@ def check(model: onnx.ModelProto, ratio: float = 0.4, seed: int = 0, feeds: dict
     result.problems += _removed_problems(pruned.report, chosen, groups)
     result.problems += _interface_problems(zeroed, pruned.model)
     if feeds is None:
-        feeds = make_inputs(zeroed, seed=seed, default_dim=2)
+        feeds = reference_run(load_model(zeroed), seed=seed).feeds
     difference, problems = _output_problems(zeroed, pruned.model, feeds, atol, rtol, relative)
     if problems and quantizes_activations(zeroed):  # a rounding flip travels: compare unquantized
         difference, problems = _output_problems(without_activation_quantization(zeroed),

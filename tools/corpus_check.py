@@ -18,6 +18,8 @@ The corpus is the wild corpus's manifest (tools/wild_corpus.py; $SPA_WILD_CORPUS
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -37,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spa import oracle  # noqa: E402
 from spa.bench import bench  # noqa: E402
 from spa.errors import SpaError  # noqa: E402
-from spa.inputs import make_inputs  # noqa: E402
+from spa.load import load_model  # noqa: E402
 from spa.runtime import run  # noqa: E402
+from spa.verify import reference_run  # noqa: E402
 from wild_corpus import cache_dir  # noqa: E402
 
 PRUNE_TIMEOUT = 1800
@@ -85,12 +88,21 @@ def corpus(args: argparse.Namespace) -> list[Entry]:
     return entries
 
 
-def prune_command(entry: Entry, ratio: float, folder: Path, extra: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    command = [sys.executable, "-m", "spa.cli", "prune", str(entry.path), "-o", str(folder / "out.onnx"),
-               "--ratio", str(ratio), "--report", str(folder / "report.json"), *extra]
+def prune_command(entry: Entry, ratio: float, folder: Path, extra: list[str],
+                  in_process: bool = False) -> tuple[subprocess.CompletedProcess, float]:
+    """`spa prune` as a user runs it: a new process (or, for the test suite, spa.cli.main)."""
+    arguments = ["prune", str(entry.path), "-o", str(folder / "out.onnx"), "--ratio", str(ratio),
+                 "--report", str(folder / "report.json"), *extra]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=PRUNE_TIMEOUT,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if in_process:
+        from spa.cli import main as spa_main
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = spa_main(arguments)
+        result = subprocess.CompletedProcess(arguments, code, stdout.getvalue(), stderr.getvalue())
+    else:
+        result = subprocess.run([sys.executable, "-m", "spa.cli", *arguments], capture_output=True, text=True,
+                                timeout=PRUNE_TIMEOUT, env=dict(os.environ, PYTHONPATH=str(REPO)))
     return result, time.perf_counter() - start
 
 
@@ -112,7 +124,7 @@ def outcome(row: Row, result: subprocess.CompletedProcess, folder: Path) -> None
 def check_written(row: Row, entry: Entry, folder: Path) -> None:
     """The written model passes the checker and runs on the sample with the original shapes."""
     written = folder / "out.onnx"
-    feeds = entry.feeds if entry.feeds is not None else make_inputs(onnx.load(str(entry.path)), default_dim=2)
+    feeds = entry.feeds if entry.feeds is not None else reference_run(load_model(entry.path)).feeds
     try:
         onnx.checker.check_model(str(written), full_check=True)
         before = run(entry.path, feeds, "the input model")
@@ -157,12 +169,12 @@ def exactness(row: Row, entry: Entry, ratio: float) -> None:
         row.oracle_problems = result.problems[:5]
 
 
-def check_entry(entry: Entry, ratio: float, runs: int, extra: list[str]) -> Row:
+def check_entry(entry: Entry, ratio: float, runs: int, extra: list[str], in_process: bool = False) -> Row:
     meta = entry.meta
     row = Row(entry.name, meta.get("family", ""), meta.get("source", ""), meta.get("exporter", ""))
     with tempfile.TemporaryDirectory(prefix="spa-corpus-") as scratch:
         folder = Path(scratch)
-        result, seconds = prune_command(entry, ratio, folder, extra)
+        result, seconds = prune_command(entry, ratio, folder, extra, in_process)
         row.prune_seconds = round(seconds, 2)
         outcome(row, result, folder)
         if row.outcome == "valid":

@@ -34,6 +34,8 @@ class Member:
 
 
 KINDS = ("channels", "heads", "mlp", "hidden")
+LINEAR_OPS = {"MatMul", "Gemm", "Attention", "QLinearMatMul", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
+              "MatMulIntegerToFloat"}  # ops whose output channels are a linear layer's neurons
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Group:
     inexact_reasons: list[str] = field(default_factory=list)
     segments: list[list[int]] | None = None  # grouped conv: equal removal from each segment
     pieces: list[list[int]] = field(default_factory=list)  # each must keep a channel (Split outputs)
+    shared: dict[str, int] = field(default_factory=dict)  # member initializer read by several nodes -> readers
 
     @property
     def size(self) -> int:
@@ -82,11 +85,20 @@ class Group:
             data["segments"] = self.segments
         if self.pieces:
             data["pieces"] = self.pieces
+        if self.shared:
+            data["shared"] = self.shared
         return data
 
     def describe(self) -> str:
-        """What a person needs: how many of what, made by which weights."""
-        producers = sorted({m.initializer for m in self.members if m.producer})
+        """What a person needs: how many of what, made by which weights, and which shared
+        weight couples layers into it."""
+        if not self.shared:
+            return self._what()
+        names = ", ".join(f"'{name}' ({count} readers)" for name, count in sorted(self.shared.items()))
+        return f"{self._what()}; coupled through shared {names}"
+
+    def _what(self) -> str:
+        producers = sorted({m.initializer for m in self.members if m.producer}) or sorted(self.makers)
         consumers = sorted({m.initializer for m in self.members
                             if not m.producer and m.role == "weight" and m.rank > 1} - set(producers))
         if self.kind != "heads":
@@ -108,7 +120,20 @@ def build_groups(state: AnalysisState) -> list[Group]:
     _add_pieces(state, channel_of)
     _add_flags(state, groups)
     _add_kinds(state, groups)
+    _add_shared(state, groups)
     return groups
+
+
+def _add_shared(state: AnalysisState, groups: list[Group]) -> None:
+    """Weights read by several nodes (a tied embedding, one layer used at every depth)."""
+    readers: dict[str, int] = {}
+    for node in state.graph.nodes:
+        for name in {t.name for t in node.inputs if isinstance(t, gs.Constant)}:
+            readers[name] = readers.get(name, 0) + 1
+    for group in groups:
+        for member in group.members:
+            if readers.get(member.initializer, 0) > 1 and member.role == "weight" and member.rank > 1:
+                group.shared[member.initializer] = readers[member.initializer]
 
 
 def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
@@ -117,7 +142,7 @@ def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
         root = state.space.find(label)
         head_dims[root] = min(positions, head_dims.get(root, positions))
     for group in groups:
-        linear = bool(group.ops & {"MatMul", "Gemm"})
+        linear = bool(group.ops & LINEAR_OPS)
         dims = [head_dims[root] for root in group.roots if root in head_dims]
         if dims and linear:
             group.kind, group.head_dim = "heads", min(dims)
