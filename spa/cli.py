@@ -236,12 +236,23 @@ def _prune(args: argparse.Namespace) -> int:
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
                    damping=args.damping, report=args.report)
     if result.written is None:
-        print(f"spa: nothing to prune in {args.model}: {len(result.analysis.groups)} groups, none prunable "
-              f"(see `spa inspect {args.model}`); nothing written")
+        print(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
+              "nothing written")
         return 0
     print(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
     print(prune_summary(result.report))
     return 0
+
+
+def nothing_reason(result) -> str:
+    """Why a model has nothing to prune, in a few words."""
+    from spa.report import groups_line
+    unsupported = result.analysis.state.unsupported
+    ops = ", ".join(f"{op} ({count})" for op, count in sorted(unsupported.items(), key=lambda kv: -kv[1])[:3])
+    if not result.analysis.groups:
+        return f"no channels it can follow{'; not supported: ' + ops if ops else ''}"
+    line = groups_line(result.report["groups"]).split(", ", 1)[-1]  # "N kept whole: reasons"
+    return f"{len(result.analysis.groups)} groups, {line}{'; not supported: ' + ops if ops else ''}"
 
 
 def default_output(model: Path) -> Path | None:

@@ -16,7 +16,7 @@ from spa.analyze import Analysis
 from spa.analyze.context import AnalysisState, static_dim
 from spa.analyze.labels import Labels
 from spa.analyze.ops import slice_params
-from spa.analyze.shapes import Const, dim_labels, follows, freezable, keeps_meaning
+from spa.analyze.shapes import Const, dim_labels, follows, freezable, keeps_meaning, shape_concat
 from spa.load import read_values
 
 
@@ -149,18 +149,23 @@ def _changed_vector(state: AnalysisState, tensor: gs.Tensor, elems: list, change
     if all(isinstance(e, Const) for e in elems):
         values = np.array([changes.get(k, e.value) for k, e in enumerate(elems)], dtype=tensor.dtype or np.int64)
         return gs.Constant(names.new(tensor.name), values.reshape(tensor.shape or values.shape))
-    concat = tensor.inputs[0]
+    concat, casts = shape_concat(tensor)
     pieces, offset = [], 0
     for piece in concat.inputs:
         size = 1 if len(piece.shape) == 0 else int(piece.shape[0])
         span = range(offset, offset + size)
         if any(k in changes for k in span):
-            values = np.array([changes.get(k, elems[k].value) for k in span], dtype=np.int64)
+            values = np.array([changes.get(k, elems[k].value) for k in span], dtype=piece.dtype or np.int64)
             piece = gs.Constant(names.new(piece.name), values.reshape(piece.shape))
         pieces.append(piece)
         offset += size
-    output = gs.Variable(names.new(tensor.name), dtype=tensor.dtype, shape=tensor.shape)
+    built = concat.outputs[0]
+    output = gs.Variable(names.new(built.name), dtype=built.dtype, shape=built.shape)
     state.graph.nodes.append(gs.Node("Concat", names.new(concat.name), dict(concat.attrs), pieces, [output]))
+    for cast in casts:  # the same Casts after the new Concat
+        cast_output = gs.Variable(names.new(cast.outputs[0].name), dtype=cast.outputs[0].dtype, shape=tensor.shape)
+        state.graph.nodes.append(gs.Node(cast.op, names.new(cast.name), dict(cast.attrs), [output], [cast_output]))
+        output = cast_output
     return output
 
 

@@ -26,7 +26,7 @@ class Analysis:
         return self.state.graph
 
     def to_json(self) -> dict:
-        return {"groups": [group.to_json() for group in self.groups]}
+        return {"groups": [group.to_json() for group in self.groups], "unsupported": self.state.unsupported}
 
     def prunable_groups(self, include_inexact: bool = False,
                         targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[Group]:

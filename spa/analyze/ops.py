@@ -779,7 +779,10 @@ def creates_from_shape(ctx: NodeContext) -> None:
 
 def unknown(ctx: NodeContext) -> None:
     """An op the analysis cannot follow: every channel it touches is kept."""
-    reason = f"{ctx.where()} is not supported" if rule_key(ctx.node) not in RULES else \
+    key = rule_key(ctx.node)
+    if key not in RULES:
+        ctx.state.unsupported[key] = ctx.state.unsupported.get(key, 0) + 1
+    reason = f"{ctx.where()} is not supported" if key not in RULES else \
         f"{ctx.where()}: shapes or arguments it cannot follow"
     whole = ctx.view(list(range(len(ctx.node.inputs))))  # every input of the node, in a view too
     for index in range(whole.input_count):

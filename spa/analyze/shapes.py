@@ -345,9 +345,8 @@ def rewritable_elements(state: AnalysisState, node: gs.Node, elems: list[Elem]) 
     only of freezable sizes."""
     if all(isinstance(e, Const) for e in elems):
         return [True] * len(elems)
-    shape = node.inputs[1]
-    producer = shape.inputs[0] if shape.inputs else None
-    if producer is None or producer.op != "Concat":
+    producer, _ = shape_concat(node.inputs[1])
+    if producer is None:
         return [False] * len(elems)
     flags: list[bool] = []
     for piece in producer.inputs:
@@ -358,6 +357,17 @@ def rewritable_elements(state: AnalysisState, node: gs.Node, elems: list[Elem]) 
         replaceable = _is_constant_piece(piece) or all(freezable(state, node, elems[k], k) for k in span)
         flags.extend([replaceable] * size)
     return flags if len(flags) == len(elems) else [False] * len(elems)
+
+
+def shape_concat(tensor: gs.Tensor) -> tuple[gs.Node | None, list[gs.Node]]:
+    """The Concat that builds a shape vector, directly or through Casts (tf2onnx's int32
+    shapes), and those Casts, nearest the Concat first."""
+    casts: list[gs.Node] = []
+    while tensor.inputs and tensor.inputs[0].op in ("Cast", "Identity"):
+        casts.insert(0, tensor.inputs[0])
+        tensor = tensor.inputs[0].inputs[0]
+    producer = tensor.inputs[0] if tensor.inputs else None
+    return (producer, casts) if producer is not None and producer.op == "Concat" else (None, [])
 
 
 def _piece_size(tensor: gs.Tensor) -> int | None:
