@@ -32,6 +32,7 @@ class Loaded:
     model: onnx.ModelProto
     base_dir: Path | None = None  # where external data lives; None: all weights in `model`
     path: Path | None = None
+    inferred: onnx.ModelProto | None = None  # the model with every shape that can be known (import_graph)
 
     @property
     def external(self) -> bool:
@@ -167,7 +168,10 @@ def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
 
 def import_graph(loaded: Loaded) -> gs.Graph:
     """gs graph of the model with inferred shapes, Constant nodes as initializers, sorted."""
-    graph = gs.import_onnx(infer_shapes(loaded.model))
+    if loaded.inferred is None:
+        inferred = infer_shapes(loaded.model)
+        loaded.inferred = inferred if loaded.external else measure_open_shapes(inferred)
+    graph = gs.import_onnx(loaded.inferred)
     if loaded.external:
         _read_external_lazily(graph, loaded.base_dir)
     _constant_nodes_to_initializers(graph)
@@ -235,6 +239,42 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
         return model
+
+
+def measure_open_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Where every graph input is static but inference left intermediate shapes open (sizes
+    computed by ops it cannot follow), they are static too: run the model once on a
+    synthetic input and write down the shapes onnxruntime saw. Unchanged where inputs are
+    open or the run fails."""
+    from spa.inputs import InputMaker  # here: inputs needs nothing of load, but load is imported first
+    from spa.runtime import session
+    maker = InputMaker(model)
+    if any(not isinstance(d, int) for spec in maker.specs for d in spec.shape):
+        return model
+    outputs = {o.name for o in model.graph.output}
+    open_values = [v for v in model.graph.value_info if v.name not in outputs and not _static_value(v)]
+    if not open_values:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.ValueInfoProto(name=v.name) for v in open_values)
+    try:
+        measured = session(copy).run([v.name for v in open_values], maker.feeds())
+    except Exception:  # noqa: BLE001 - a best effort: shapes stay as inferred
+        return model
+    shapes = {v.name: value.shape for v, value in zip(open_values, measured)}
+    for value in copy.graph.value_info:
+        if value.name in shapes:
+            del value.type.tensor_type.shape.dim[:]
+            for size in shapes[value.name]:
+                value.type.tensor_type.shape.dim.add().dim_value = size
+    del copy.graph.output[len(model.graph.output):]
+    return copy
+
+
+def _static_value(value: onnx.ValueInfoProto) -> bool:
+    tensor_type = value.type.tensor_type
+    return tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim)
 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -20,9 +20,47 @@ from spa.load import read_values
 COPY_MARK = "__spa_copy"
 
 
+FOLDABLE = ("Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Gather",
+            "Concat", "ReduceProd", "Slice")  # layout and shape ops: folded weights keep their values
+
+
 def prepare(graph: gs.Graph) -> None:
+    _fold_layout_of_constants(graph)
     _bypass_constant_identities(graph)
     _unshare_uniform_constants(graph)
+
+
+def _fold_layout_of_constants(graph: gs.Graph) -> None:
+    """A weight reshaped or transposed by nodes (tf2onnx leaves `Reshape(W, Concat(...
+    Shape(W2)))` unfolded) is that weight: such nodes on constants become constants, so the
+    layer reading them sees its weight. Quantization (DequantizeLinear) is never folded."""
+    outputs = {t.name for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op not in FOLDABLE or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1 \
+                or node.outputs[0].name in outputs or not node.inputs \
+                or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+            continue
+        value = _evaluate(node)
+        if value is None:
+            continue
+        result = gs.Constant(node.outputs[0].name, value)
+        for reader in list(node.outputs[0].outputs):
+            _replace_input(reader, node.outputs[0], result)
+        node.outputs.clear()
+        graph.nodes.remove(node)
+
+
+def _evaluate(node: gs.Node) -> np.ndarray | None:
+    """The node's output on its constant inputs, by onnx's reference implementation."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    names = [t.name or "" for t in node.inputs]
+    proto = helper.make_node(node.op, names, ["out"], **node.attrs)
+    try:
+        evaluator = ReferenceEvaluator(proto)
+        return np.asarray(evaluator.run(None, {t.name: read_values(t) for t in node.inputs if t.name})[0])
+    except Exception:  # noqa: BLE001 - not folded: the analysis sees the node as it is
+        return None
 
 
 def _bypass_constant_identities(graph: gs.Graph) -> None:

@@ -403,7 +403,7 @@ def reshape_out_shape(ctx: NodeContext, in_shape: list) -> list | None:
     elems = ctx.state.shape_values.get(ctx.tensor(1).name)
     if elems is None:
         return inferred
-    from spa.analyze.shapes import Const, Dim
+    from spa.analyze.shapes import Const, Dim, value_of
     dims = []
     for k, elem in enumerate(elems):
         if isinstance(elem, Const) and elem.value == 0 and not ctx.attr("allowzero", 0):
@@ -413,7 +413,7 @@ def reshape_out_shape(ctx: NodeContext, in_shape: list) -> list | None:
         elif isinstance(elem, Dim):
             dims.append(elem.value if elem.value is not None else _symbol(ctx, elem))
         else:
-            dims.append(None)
+            dims.append(None if isinstance(elem, Const) else value_of(elem))  # -1; a static product or max
     if dims.count(None) == 1 and None not in [static_dim(d) for d in in_shape if not isinstance(d, str)]:
         dims = _infer_minus_one(in_shape, dims)
     if inferred is not None and len(inferred) == len(dims):  # a traced constant beats inference
@@ -741,6 +741,31 @@ def _padded_shape(ctx: NodeContext, index: int, rank: int) -> list:
         return [None] * rank
     batch = list(shape[:-2])
     return [1] * (rank - len(batch)) + batch
+
+
+@rule("Einsum")
+def Einsum(ctx: NodeContext) -> None:
+    """Each subscript letter is one axis shared by every operand that has it: a letter in
+    several operands unifies their axes (summed over when the output lacks it, as a MatMul's
+    inner axis); a constant's letter that only it and the output have makes new channels."""
+    equation = ctx.attr("equation")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation or "").replace(" ", "")
+    operands = [ctx.axes(i) for i in range(ctx.input_count)]
+    if "..." in equation or "->" not in equation or any(x is None for x in operands):
+        return unknown(ctx)
+    terms, out = equation.split("->")[0].split(","), equation.split("->")[1]
+    if len(terms) != len(operands) or any(len(t) != len(x) or len(set(t)) != len(t) for t, x in zip(terms, operands)):
+        return unknown(ctx)
+    letters: dict[str, object] = {}
+    for term, axes in zip(terms, operands):
+        for letter, labels in zip(term, axes):
+            letters[letter] = ctx.unify(letters[letter], labels) if letter in letters else labels
+    for index, term in enumerate(terms):
+        own = {letter for letter in term if letter in out and sum(letter in t for t in terms) == 1}
+        if ctx.is_const(index):
+            for letter in own:
+                ctx.new_space(letters[letter], index)
+    ctx.set_output(0, [letters.get(letter) for letter in out])
 
 
 @rule("Gather")

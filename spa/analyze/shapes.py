@@ -40,8 +40,21 @@ class Opaque:
     deps: frozenset[tuple[str, int]]
 
 
-Elem = Const | Dim | Opaque
-PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape",
+@dataclass(frozen=True)
+class Product:
+    """A product of sizes (ReduceProd of a shape, tf2onnx's batch * heads): decided after the
+    analysis, when it is known which factors are channel axes (`resolve`)."""
+    factors: tuple
+
+
+@dataclass(frozen=True)
+class Either:
+    """Max/Min of sizes that may well be equal (tf2onnx's broadcast of two batch shapes)."""
+    options: tuple
+
+
+Elem = Const | Dim | Opaque | Product | Either
+PLUMBING = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Reshape", "ReduceProd",
             "Transpose", "Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Neg", "Abs", "Ceil", "Floor",
             "Clip", "ConstantOfShape", "Equal", "Where"}
 MAX_SHAPE_VECTOR = 64
@@ -51,10 +64,18 @@ Values = np.ndarray  # an object array of Elem, traced like the integer tensor i
 def deps_of(elem: Elem) -> frozenset[tuple[str, int]]:
     if isinstance(elem, Dim):
         return frozenset({(elem.tensor, elem.axis)})
+    if isinstance(elem, (Product, Either)):
+        return frozenset().union(*(deps_of(e) for e in (elem.factors if isinstance(elem, Product) else elem.options)))
     return elem.deps if isinstance(elem, Opaque) else frozenset()
 
 
 def value_of(elem: Elem) -> int | None:
+    if isinstance(elem, Product):
+        values = [value_of(e) for e in elem.factors]
+        return None if None in values else int(np.prod(values))
+    if isinstance(elem, Either):
+        values = {value_of(e) for e in elem.options}
+        return values.pop() if len(values) == 1 else None
     return elem.value if isinstance(elem, (Const, Dim)) else None
 
 
@@ -132,6 +153,11 @@ def _trace_node(node: gs.Node, arrays: dict[str, Values]) -> Values | None:
         return _trace_where(inputs)
     if node.op in ("Neg", "Abs", "Ceil", "Floor", "Clip"):
         return _trace_unary(node, inputs)
+    if node.op == "ReduceProd":
+        if x.ndim != 1 or (len(inputs) > 1 and inputs[1] is not None) or attrs.get("axes") not in (None, [0]):
+            return None
+        product = _array([Product(tuple(x)) if len(x) != 1 else x[0]], (1,))
+        return product if attrs.get("keepdims", 1) else product.reshape(())
     if len(inputs) != 2 or inputs[1] is None:
         return None
     return _vectorized(lambda a, b: _combine(node.op, a, b))(x, inputs[1])
@@ -231,6 +257,11 @@ def _combine(op: str, a: Elem, b: Elem) -> Elem:
         return Const(_apply(op, a.value, b.value))
     if op == "Mul" and {type(a), type(b)} == {Dim, Const}:
         return _scaled(a if isinstance(a, Dim) else b, (b if isinstance(b, Const) else a).value)
+    sizes = (Const, Dim, Product, Either)
+    if op == "Mul" and isinstance(a, sizes) and isinstance(b, sizes):
+        return Product(tuple(e for x in (a, b) for e in (x.factors if isinstance(x, Product) else (x,))))
+    if op in ("Max", "Min") and isinstance(a, sizes) and isinstance(b, sizes):
+        return Either(tuple(e for x in (a, b) for e in (x.options if isinstance(x, Either) else (x,))))
     if op == "Equal" and (isinstance(a, Dim) and _is_negative(b) or isinstance(b, Dim) and _is_negative(a)):
         return Const(0)  # a size is never negative: exporters' `Where(shape == -1, 1, shape)`
     return Opaque(deps_of(a) | deps_of(b))
@@ -269,7 +300,43 @@ def same_channels(state: AnalysisState, a: Labels | None, b: Labels | None, scal
     return scaled == Counter(state.space.roots(b).tolist())
 
 
+def resolve(state: AnalysisState, elem: Elem) -> Elem:
+    """A Product or Either, now that the channel axes are known: a size of an axis that never
+    changes (no channels) is a constant; what is left is one traced size (scaled), a
+    constant, or opaque."""
+    if isinstance(elem, Product):
+        factors = [_fixed(state, resolve(state, e)) for e in elem.factors]
+        constant = int(np.prod([f.value for f in factors if isinstance(f, Const)]))
+        sizes = [f for f in factors if not isinstance(f, Const)]
+        if not sizes:
+            return Const(constant)
+        if len(sizes) == 1 and isinstance(sizes[0], Dim) and constant > 0:
+            return _scaled(sizes[0], constant)
+        return Opaque(deps_of(elem))
+    if isinstance(elem, Either):
+        options = [_fixed(state, resolve(state, e)) for e in elem.options]
+        first = options[0]
+        if all(o == first for o in options) or (
+                all(isinstance(o, Dim) and o.scale == first.scale for o in options)
+                and all(same_channels(state, dim_labels(state, first), dim_labels(state, o)) for o in options)):
+            return first
+        return Opaque(deps_of(elem))
+    return elem
+
+
+def _fixed(state: AnalysisState, elem: Elem) -> Elem:
+    """A traced size of an axis without channels (or of one channel: it always keeps it) is a constant."""
+    if isinstance(elem, Dim) and elem.value is not None and elem.scale == 1:
+        labels = dim_labels(state, elem)
+        if labels is None or len(labels) == 1:
+            return Const(elem.value)
+    return elem
+
+
 def check_shape_uses(state: AnalysisState, values: dict[str, list[Elem]]) -> None:
+    for name, elems in values.items():
+        if any(isinstance(e, (Product, Either)) for e in elems):
+            values[name] = [resolve(state, e) for e in elems]
     for node in state.graph.nodes:
         if node.op in ("Reshape", "Expand") and node.inputs[1].name not in values:
             reason = f"{node.op} '{node.name}': shape computed by ops spa cannot follow"
