@@ -315,6 +315,35 @@ def multi_head_attention() -> onnx.ModelProto:
                    extra_opsets=[("com.microsoft", 1)])
 
 
+def keras_attention() -> onnx.ModelProto:
+    """tf2onnx of Keras MultiHeadAttention (EinsumDense): projection weights reshaped in the
+    graph from a shape read off another constant, heads folded into the batch with a
+    ReduceProd-computed shape, and the output projection left as an Einsum."""
+    g = Graph(17)
+    heads, head_dim, dim, tokens = 4, 8, 32, 5
+    carrier = g.const(np.zeros((1, 1, heads, head_dim, dim), np.float32), "kernel_shape")  # only its shape is read
+    size = g.op("ReduceProd", [g.op("Gather", [g.op("Shape", [carrier]), g.ints([2, 3])], axis=0)], keepdims=1)
+    flat = g.op("Reshape", ["input", g.ints([-1, dim])])
+
+    def project() -> str:
+        weight = g.op("Reshape", [g.weight(heads * head_dim, dim), g.op("Concat", [size, g.ints([dim])], axis=0)])
+        y = g.op("Gemm", [flat, weight], transB=1)
+        y = g.op("Reshape", [y, g.ints([1, tokens, heads, head_dim])])
+        y = g.op("Transpose", [y], perm=[0, 2, 1, 3])  # [1, heads, tokens, head_dim]
+        shape = g.op("Shape", [y])
+        batch_heads = g.op("ReduceProd", [g.op("Gather", [shape, g.ints([0, 1])], axis=0)], keepdims=1)
+        rest = g.op("Gather", [shape, g.ints([2, 3])], axis=0)
+        return g.op("Reshape", [y, g.op("Concat", [batch_heads, rest], axis=0)])  # [heads, tokens, head_dim]
+
+    q, k, v = project(), project(), project()
+    scores = g.op("Softmax", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 2, 1])])], axis=-1)
+    attended = g.op("Reshape", [g.op("MatMul", [scores, v]), g.ints([1, heads, tokens, head_dim])])
+    output = g.const((g.rng.standard_normal((heads, head_dim, dim)) * 0.2).astype(np.float32), "w")
+    out = g.op("Einsum", [attended, output], equation="bhtd,hde->bte")
+    out = g.op("Add", ["input", out])
+    return g.model([tensor("input", [1, tokens, dim])], [tensor(out, [1, tokens, dim])], opset=13)
+
+
 # --- 7. normalizations over channels that are prunable, inexactly ------------------------------
 
 def global_response_norm() -> onnx.ModelProto:
