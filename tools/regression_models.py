@@ -81,11 +81,11 @@ def shared_uniform_constants() -> onnx.ModelProto:
     g = Graph(1)
     zeros32, ones16, zeros16 = g.const(np.zeros(32, np.float32)), g.const(np.ones(16, np.float32)), \
         g.const(np.zeros(16, np.float32))
-    alias = g.op("Identity", [zeros32])
+    alias = g.op("Identity", [zeros16])
     x = "input"
     for layer in range(2):
-        h = g.op("Relu", [g.linear(x, 16, 32, bias=zeros32 if layer == 0 else alias)])
-        x = layer_norm(g, g.op("Add", [x, g.linear(h, 32, 16, bias=zeros16)]), ones16, zeros16)
+        h = g.op("Relu", [g.linear(x, 16, 32, bias=zeros32)])
+        x = layer_norm(g, g.op("Add", [x, g.linear(h, 32, 16, bias=zeros16)]), ones16, alias)
     return g.model([tensor("input", [1, 4, 16])], [tensor(x, [1, 4, 16])])
 
 
@@ -143,18 +143,21 @@ def paddle_style() -> onnx.ModelProto:
     whose weights are float32 denormals."""
     g = Graph(4)
     x = "x"
+    biases = []
     for c_in, c_out in ((3, 16), (16, 16)):
         weight = last_weight = g.weight(c_out, c_in, 3, 3)
         conv = g.op("Conv", [x, weight], pads=[1, 1, 1, 1])
         shape = g.op("Identity", [g.op("Constant", [], value=numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64)))])
-        bias = g.op("Reshape", [g.const(g.rng.standard_normal(c_out).astype(np.float32) * 0.1, "b"), shape])
-        x = g.op("Relu", [g.op("Add", [conv, bias])])
-    dead = next(t for t in g.initializers if t.name == last_weight)
-    values = numpy_helper.to_array(dead).copy()
-    values[:3] = 1e-41  # denormals: their squares underflow to 0 in float32
-    dead.CopyFrom(numpy_helper.from_array(values, dead.name))
+        biases.append(g.const(g.rng.standard_normal(c_out).astype(np.float32) * 0.1, "b"))
+        x = g.op("Relu", [g.op("Add", [conv, g.op("Reshape", [biases[-1], shape])])])
+    head = g.weight(16, 4)
+    for name in (last_weight, biases[-1], head):  # channels 0-2 of the second conv: dead, denormal weights
+        stored = next(t for t in g.initializers if t.name == name)
+        values = numpy_helper.to_array(stored).copy()
+        values[:3] = 1e-41  # their squares underflow to 0 in float32
+        stored.CopyFrom(numpy_helper.from_array(values, stored.name))
     y = g.op("Flatten", [g.op("GlobalAveragePool", [x])], axis=1)
-    y = g.op("Softmax", [g.op("Gemm", [y, g.weight(16, 4), g.const(np.zeros(4, np.float32))])], axis=1)
+    y = g.op("Softmax", [g.op("Gemm", [y, head, g.const(np.zeros(4, np.float32))])], axis=1)
     model = g.model([tensor("x", [-1, 3, "?", "?"])], [tensor(y, ["?", 4])], opset=11)
     return model
 
