@@ -135,6 +135,16 @@ def computed_same_padding() -> onnx.ModelProto:
     return g.model([tensor("input", [1, 3, 15, 15])], [tensor(y, [1, 10])])
 
 
+def reversed_slice() -> onnx.ModelProto:
+    """A step -1 Slice over channels (a flip, or the pads idiom's reversal on a tensor with
+    channel labels): kept whole, and its bounds left alone when other channels are cut."""
+    g = Graph(18)
+    y = g.op("Relu", [g.conv("input", 3, 16, pads=[1, 1, 1, 1])])
+    y = g.conv(y, 16, 16, pads=[1, 1, 1, 1])
+    y = g.op("Slice", [y, g.ints([-1]), g.ints([-BIG]), g.ints([1]), g.ints([-1])])
+    return g.model([tensor("input", [1, 3, 8, 8])], [tensor(y, [1, 16, 8, 8])])
+
+
 # --- 3. paddle2onnx quirks -----------------------------------------------------------------
 
 def paddle_style() -> onnx.ModelProto:
