@@ -1,6 +1,9 @@
 """Graph preparation before the analysis, and its undoing after the rewrite.
 
-Exporters alias and share constants for reasons that have nothing to do with the model:
+Exporters alias, reshape and share constants for reasons that have nothing to do with the
+model:
+- a constant reshaped, transposed or sliced by nodes (tf2onnx leaves these unfolded) is
+  folded into the constant it makes, where that does not store a weight twice;
 - `Identity(constant)` nodes (the torch exporter's deduplicated parameters, paddle2onnx's
   casts) are the constant itself: readers are pointed at it directly;
 - a constant whose elements are all equal (a zero bias, a unit LayerNorm scale), read by
@@ -20,20 +23,23 @@ from spa.load import read_values
 COPY_MARK = "__spa_copy"
 
 
-FOLDABLE = ("Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Gather",
+FOLDABLE = ("Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Gather",
             "Concat", "ReduceProd", "Slice")  # layout and shape ops: folded weights keep their values
+SMALL = 64  # elements: a folded copy of a bigger constant is made only where nothing else reads it
 
 
 def prepare(graph: gs.Graph) -> None:
-    _fold_layout_of_constants(graph)
+    """Idempotent: a prepared model comes out of it unchanged."""
     _bypass_constant_identities(graph)
+    _fold_layout_of_constants(graph)
     _unshare_uniform_constants(graph)
 
 
 def _fold_layout_of_constants(graph: gs.Graph) -> None:
     """A weight reshaped or transposed by nodes (tf2onnx leaves `Reshape(W, Concat(...
     Shape(W2)))` unfolded) is that weight: such nodes on constants become constants, so the
-    layer reading them sees its weight. Quantization (DequantizeLinear) is never folded."""
+    layer reading them sees its weight. Quantization (DequantizeLinear) is never folded, nor
+    a constant something else reads too (the model would hold it twice)."""
     outputs = {t.name for t in graph.outputs}
     for node in list(graph.nodes):
         if node.op not in FOLDABLE or (node.domain or "") not in ("", "ai.onnx") or len(node.outputs) != 1 \
@@ -41,11 +47,12 @@ def _fold_layout_of_constants(graph: gs.Graph) -> None:
                 or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
             continue
         value = _evaluate(node)
-        if value is None:
+        if value is None or (value.size > SMALL and any(len(t.outputs) > 1 for t in node.inputs if t.name)):
             continue
         result = gs.Constant(node.outputs[0].name, value)
         for reader in list(node.outputs[0].outputs):
             _replace_input(reader, node.outputs[0], result)
+        node.inputs.clear()  # no longer a reader of its constants
         node.outputs.clear()
         graph.nodes.remove(node)
 
