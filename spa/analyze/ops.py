@@ -35,9 +35,23 @@ def elementwise_unary(ctx: NodeContext) -> None:
 
 @rule(*NOT_FINITE_AT_ZERO)
 def not_finite_at_zero(ctx: NodeContext) -> None:
-    for labels in ctx.axes(0) or []:
-        ctx.inexact(labels, f"{ctx.where()} is not finite at zero")
+    """A zeroed channel would be inf here, unless a positive constant is added first (the
+    epsilon of a norm: 1 / sqrt(mean(x^2) + eps))."""
+    if not _offset_from_zero(ctx.tensor(0)):
+        for labels in ctx.axes(0) or []:
+            ctx.inexact(labels, f"{ctx.where()} is not finite at zero")
     elementwise_unary(ctx)
+
+
+def _offset_from_zero(tensor: gs.Tensor) -> bool:
+    """Is `tensor` positive where its input is zero: an Add of a positive constant, seen
+    through Sqrt, Cast and Identity?"""
+    while tensor.inputs and tensor.inputs[0].op in ("Sqrt", "Cast", "Identity"):
+        tensor = tensor.inputs[0].inputs[0]
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is None or producer.op != "Add":
+        return False
+    return any(isinstance(t, gs.Constant) and np.all(np.asarray(t.values) > 0) for t in producer.inputs)
 
 
 @rule("CastLike")
@@ -766,6 +780,19 @@ def Einsum(ctx: NodeContext) -> None:
             for letter in own:
                 ctx.new_space(letters[letter], index)
     ctx.set_output(0, [letters.get(letter) for letter in out])
+
+
+@rule("GatherElements")
+def GatherElements(ctx: NodeContext) -> None:
+    """Output position i takes data at indices[i] along `axis`, and i itself on every other
+    axis: those axes are the same channels in data, indices and output."""
+    data, indices = ctx.axes(0), ctx.axes(1)
+    if data is None or indices is None or len(data) != len(indices):
+        return unknown(ctx)
+    axis = ctx.attr("axis", 0) % len(data)
+    ctx.fix(data[axis], f"{ctx.where()} picks positions along this axis")
+    out = [indices[k] if k == axis else ctx.unify(data[k], indices[k]) for k in range(len(data))]
+    ctx.set_output(0, out)
 
 
 @rule("Gather")

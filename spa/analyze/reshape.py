@@ -25,7 +25,8 @@ def reshape_axes(ctx: NodeContext, x: AxisLabels, in_shape: list, out_shape: lis
     if out_shape is not None and _sizes_disagree(in_dims, out_shape):
         out_shape = None  # inference contradicts itself here: relate nothing
     if out_shape is not None:
-        blocks = _blocks(in_dims, out_shape) or _outer_blocks(in_dims, out_shape)
+        blocks = _blocks(in_dims, out_shape) or _static_tail_blocks(in_dims, out_shape) \
+            or _outer_blocks(in_dims, out_shape)
     if blocks is None:
         ctx.fix_all(x, f"{ctx.where()}: cannot relate input and output shapes")
         return None if out_shape is None else [None] * len(out_shape)
@@ -176,6 +177,32 @@ def _outer_blocks(in_dims: list, out_dims: list) -> list[Block] | None:
     pairs = [([k], [k]) for k in range(head)]
     pairs += [([len(in_dims) - t], [len(out_dims) - t]) for t in range(tail, 0, -1)]
     return pairs[:head] + [middle] + pairs[head:]
+
+
+def _static_tail_blocks(in_dims: list, out_dims: list) -> list[Block] | None:
+    """Static axes pair up by products from the right ([batch * tokens, 128] -> [batch,
+    tokens, 4, 32]: 128 <-> 4 x 32) until a dynamic axis; everything left of that is one
+    block ([batch * tokens] <-> [batch, tokens])."""
+    i, j, tail = len(in_dims), len(out_dims), []
+    while i and j and static_dim(in_dims[i - 1]) is not None and static_dim(out_dims[j - 1]) is not None:
+        ins, outs = [i - 1], [j - 1]
+        in_size, out_size = in_dims[i - 1], out_dims[j - 1]
+        while in_size != out_size:
+            if in_size < out_size and ins[0] > 0 and static_dim(in_dims[ins[0] - 1]) is not None:
+                ins.insert(0, ins[0] - 1)
+                in_size *= in_dims[ins[0]]
+            elif out_size < in_size and outs[0] > 0 and static_dim(out_dims[outs[0] - 1]) is not None:
+                outs.insert(0, outs[0] - 1)
+                out_size *= out_dims[outs[0]]
+            else:
+                break
+        if in_size != out_size:
+            break
+        tail.insert(0, (ins, outs))
+        i, j = ins[0], outs[0]
+    if not tail or not i or not j:
+        return None
+    return [(list(range(i)), list(range(j)))] + tail
 
 
 def _equal_dims(a, b) -> bool:
