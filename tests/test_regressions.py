@@ -100,7 +100,8 @@ def test_synthetic_inputs_the_model_takes(name):
 @pytest.mark.parametrize("name, heads, head_dim", [("fused_qkv_unbind", 4, 8), ("per_head_norm", 4, 8),
                                                    ("onnx_attention_gqa", 2, 8), ("onnx_attention_3d", 4, 8),
                                                    ("multi_head_attention", 4, 8), ("ort_optimized_bert", 4, 8),
-                                                   ("keras_attention", 4, 8)])
+                                                   ("keras_attention", 4, 8), ("per_head_norm_reciprocal", 4, 8),
+                                                   ("dynamic_batch_tokens", 4, 8)])
 def test_attention_heads_are_seen(name, heads, head_dim):
     """Class 6: fused q/k/v unbinding, per-head norms, the Attention op, onnxruntime's fused
     attention ops and Keras MultiHeadAttention through tf2onnx all give one exact heads

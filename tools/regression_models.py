@@ -263,23 +263,47 @@ def _heads(g: Graph, x: str, tokens: int, heads: int, head_dim: int) -> str:
     return g.op("Transpose", [g.op("Reshape", [x, g.ints([1, tokens, heads, head_dim])])], perm=[0, 2, 1, 3])
 
 
-def _rms(g: Graph, x: str, width: int) -> str:
-    """Qwen3's per-head q/k RMSNorm as torch.onnx writes it: x * (1 / sqrt(mean(x^2) + eps)) * w."""
+def _rms(g: Graph, x: str, width: int, reciprocal: bool = False) -> str:
+    """Qwen3's per-head q/k RMSNorm as torch.onnx writes it: x * (1 / sqrt(mean(x^2) + eps)) * w
+    (the dynamo exporter: Reciprocal(Sqrt(...)))."""
     mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(np.array(2.0, np.float32))])], axes=[-1], keepdims=1)
-    inverse = g.op("Div", [g.const(np.array(1.0, np.float32)), g.op("Sqrt", [g.op("Add", [mean, g.const(np.array(1e-6, np.float32))])])])
+    root = g.op("Sqrt", [g.op("Add", [mean, g.const(np.array(1e-6, np.float32))])])
+    inverse = g.op("Reciprocal", [root]) if reciprocal else g.op("Div", [g.const(np.array(1.0, np.float32)), root])
     return g.op("Mul", [g.op("Mul", [x, inverse]), g.const(1 + g.rng.random(width, np.float32) * 0.1)])
 
 
-def per_head_norm() -> onnx.ModelProto:
+def per_head_norm(reciprocal: bool = False) -> onnx.ModelProto:
     """Qwen3: q and k normalized per head (over head_dim only) before attention."""
     g = Graph(9)
     heads, head_dim, dim, tokens = 4, 8, 32, 5
     q, k, v = [_heads(g, g.linear("input", dim, dim), tokens, heads, head_dim) for _ in range(3)]
-    q, k = _rms(g, q, head_dim), _rms(g, k, head_dim)
+    q, k = _rms(g, q, head_dim, reciprocal), _rms(g, k, head_dim, reciprocal)
     out = g.op("Reshape", [g.op("Transpose", [_attention_tail(g, q, k, v, head_dim)], perm=[0, 2, 1, 3]),
                            g.ints([1, tokens, dim])])
     out = g.op("Add", ["input", g.linear(out, dim, dim)])
     return g.model([tensor("input", [1, tokens, dim])], [tensor(out, [1, tokens, dim])])
+
+
+def per_head_norm_reciprocal() -> onnx.ModelProto:
+    """Qwen3 through the dynamo exporter: the per-head norm's 1 / sqrt as Reciprocal."""
+    return per_head_norm(reciprocal=True)
+
+
+def dynamic_batch_tokens() -> onnx.ModelProto:
+    """jax2onnx: a dynamic batch folded with the tokens ([B * N, D]) around every projection,
+    then split into [B, N, heads, head_dim]."""
+    g = Graph(19)
+    heads, head_dim, dim, tokens = 4, 8, 32, 5
+    flat = g.op("Reshape", ["input", g.ints([-1, dim])])
+    q, k, v = [g.op("Transpose", [g.op("Reshape", [g.op("Gemm", [flat, g.weight(dim, dim), g.const(
+        g.rng.random(dim, np.float32) * 0.1)]), g.ints([-1, tokens, heads, head_dim])])], perm=[0, 2, 1, 3])
+        for _ in range(3)]
+    out = g.op("Reshape", [g.op("Transpose", [_attention_tail(g, q, k, v, head_dim)], perm=[0, 2, 1, 3]),
+                           g.ints([-1, dim])])
+    out = g.op("Reshape", [g.op("Gemm", [out, g.weight(dim, dim), g.const(np.zeros(dim, np.float32))]),
+                           g.ints([-1, tokens, dim])])
+    out = g.op("Add", ["input", out])
+    return g.model([tensor("input", ["B", tokens, dim])], [tensor(out, ["B", tokens, dim])])
 
 
 def onnx_attention_gqa() -> onnx.ModelProto:
