@@ -34,7 +34,7 @@ class Member:
 
 
 KINDS = ("channels", "heads", "mlp", "hidden")
-LINEAR_OPS = {"MatMul", "Gemm", "Attention", "QLinearMatMul", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
+LINEAR_OPS = {"MatMul", "Gemm", "Attention", "QAttention", "QLinearMatMul", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
               "MatMulIntegerToFloat"}  # ops whose output channels are a linear layer's neurons
 
 

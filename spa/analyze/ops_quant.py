@@ -174,3 +174,23 @@ def QLinearConcat(ctx: NodeContext) -> None:
     if not _scalars(ctx, 0, 1, *[i + 1 for i in data], *[i + 2 for i in data]):
         return unknown(ctx)
     Concat(ctx.view(data))
+
+
+@rule("com.microsoft:QAttention")
+def QAttention(ctx: NodeContext) -> None:
+    """input, int8 weight, bias, input_scale, weight_scale, mask_index, input_zero_point,
+    weight_zero_point, past: com.microsoft Attention on quantized weights."""
+    from spa.analyze.ops_attention import MicrosoftAttention
+    if ctx.has_input(8) or not _scalars(ctx, 3, 4, 6, 7):
+        return unknown(ctx)
+    MicrosoftAttention(ctx.view([0, 1, 2, 5]))
+
+
+@rule("com.microsoft:QEmbedLayerNormalization")
+def QEmbedLayerNormalization(ctx: NodeContext) -> None:
+    """EmbedLayerNormalization on quantized tables, gamma and beta, with per-tensor scales and
+    zero points (inputs 8 to 17)."""
+    from spa.analyze.ops_contrib import EmbedLayerNormalization
+    if not _scalars(ctx, *range(8, 18)):
+        return unknown(ctx)
+    EmbedLayerNormalization(ctx.view(list(range(8))))
