@@ -47,7 +47,8 @@ def _fold_layout_of_constants(graph: gs.Graph) -> None:
                 or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
             continue
         value = _evaluate(node)
-        if value is None or (value.size > SMALL and any(len(t.outputs) > 1 for t in node.inputs if t.name)):
+        shared_weight = any(len(t.outputs) > 1 and int(np.prod(t.shape)) > SMALL for t in node.inputs if t.name)
+        if value is None or (value.size > SMALL and shared_weight):
             continue
         result = gs.Constant(node.outputs[0].name, value)
         for reader in list(node.outputs[0].outputs):

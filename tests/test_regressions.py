@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 import spa
+import spa.api
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -150,3 +151,13 @@ def test_macs_count_attention_at_the_verified_shapes():
     assert count_macs(dynamic, feeds=feeds) == count_macs(static) > 0
     report = spa.prune(str(ROOT / "models" / "transformers" / "bert_tiny_dynamic.onnx"), 0.0, round_to=1).report
     assert report["before"]["macs"] > count_macs(dynamic)  # the verified batch and sequence, not 1 x 1
+
+
+@pytest.mark.parametrize("path", ALL_COMMITTED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preparation_is_idempotent(path):
+    """The oracle zeroes the prepared model by the names `inspect` reports: preparing it
+    again must change nothing."""
+    once = spa.api.prepared_model(str(path))
+    twice = spa.api.prepared_model(once)
+    assert sorted(t.name for t in twice.graph.initializer) == sorted(t.name for t in once.graph.initializer)
+    assert [n.op_type for n in twice.graph.node] == [n.op_type for n in once.graph.node]
