@@ -15,12 +15,13 @@ from spa.compensate import COMPENSATING, mark_removed, prune_in_order
 from spa.correct import correct_statistics, output_moments
 from spa.errors import SpaError
 from spa.layers import LinearLayer
-from spa.load import Loaded, ModelSource, import_graph, input_files, load_model
+from spa.io.export import export
+from spa.io.load import Loaded, ModelSource, import_graph, input_files, load_model
 from spa.metrics import summarize
 from spa.obs import DEFAULT_DAMPING
-from spa.prepare import prepare, reshare
+from spa.analyze.prepare import prepare, reshare
 from spa.rewrite import rewrite
-from spa.save import check_outputs, save_model, write_json
+from spa.io.save import check_outputs, save_model, write_json
 from spa.score import Scores, Scoring, measurable_layers, score_groups
 from spa.select import DEFAULT_ROUND_TO, Selection, choose, removal_counts
 from spa.verify import reference_run, verify_equivalent, verify_pruned
@@ -46,7 +47,7 @@ class PruneResult:
 def prepared_model(source: ModelSource) -> onnx.ModelProto:
     """The model as the analysis sees it: local functions inlined, Constant nodes as
     initializers, constant aliases bypassed and deduplicated uniform constants unshared
-    (spa.prepare). Same outputs as the input; its initializer names are the ones
+    (spa.analyze.prepare). Same outputs as the input; its initializer names are the ones
     `inspect` reports."""
     loaded = load_model(source)
     graph = import_graph(loaded)
@@ -313,47 +314,6 @@ def _check_ignored(graph: gs.Graph, names: tuple[str, ...]) -> None:
 
 def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """The rewritten graph as a model with the original's IR version, opsets and metadata."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    _keep_original_value_info(model, original)
-    if original.ir_version < 4:  # IR 3: every initializer is also a graph input
-        _initializers_as_inputs(model)
-    model.ir_version = original.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, name, getattr(original, name))
-    del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
-    del model.functions[:]
-    model.functions.extend(original.functions)
-    return model
-
-
-def _initializers_as_inputs(model: onnx.ModelProto) -> None:
-    declared = {value.name for value in model.graph.input}
-    for tensor in model.graph.initializer:
-        if tensor.name not in declared:
-            model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
-                                                                        list(tensor.dims)))
-
-
-def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    """Graph inputs and outputs exactly as the input declared them; value_info only for the
-    tensors the input described (with updated shapes): inferred shapes are ours, not the
-    user's, and may disagree with onnx's checker."""
-    for ours, theirs in ((model.graph.input, original.graph.input), (model.graph.output, original.graph.output)):
-        declared = {value.name: value for value in theirs}
-        for value in ours:
-            if value.name in declared:
-                value.CopyFrom(declared[value.name])
-    described = {value.name for value in original.graph.value_info}
-    kept = [value for value in model.graph.value_info if value.name in described]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
 
 
 def _report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,

@@ -12,10 +12,10 @@ import onnx
 import onnxruntime as ort
 
 from spa.errors import SpaError, first_line
-from spa.inputs import make_inputs
-from spa.load import load_model
+from spa.io.inputs import make_inputs
+from spa.io.load import load_model
 from spa.metrics import summarize
-from spa.runtime import session
+from spa.io.runtime import session
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.load import read_values
+from spa.io.load import read_values
 
 PREFIX = "spa_bias_"
 

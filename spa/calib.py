@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from spa.errors import SpaError, first_line
-from spa.inputs import InputMaker, InputSpec, input_specs
+from spa.io.inputs import InputMaker, InputSpec, input_specs
 
 T = TypeVar("T")
 Feed = dict[str, np.ndarray]
@@ -189,7 +189,7 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
 def synthetic_calibration(
     model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16
 ) -> Calibration:
-    """Random samples from spa.inputs.InputMaker (the same rules as every synthetic input):
+    """Random samples from spa.io.inputs.InputMaker (the same rules as every synthetic input):
     floats ~ N(0,1), table indices within the table, masks 0/1 padding masks. Open non-batch
     dims the graph does not fix take `default_dim`."""
     maker = InputMaker(model)

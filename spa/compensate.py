@@ -19,7 +19,7 @@ from spa import obs
 from spa.analyze import Group, Member
 from spa.calib import Calibration
 from spa.layers import LinearLayer
-from spa.load import read_values
+from spa.io.load import read_values
 from spa.score import Scores, Scoring, column_values, layer_scores, measurable_layers, measure, normalize, reduce
 from spa.select import choose, keep_rule, removal_rule
 

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from spa.calib import Calibration
 from spa.collect import Moments, collect
 from spa.layers import LinearLayer
-from spa.load import read_values
+from spa.io.load import read_values
 
 RATIO_LIMITS = (0.1, 10.0)
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
-from spa.load import read_values
+from spa.io.load import read_values
 
 
 @dataclass

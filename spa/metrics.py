@@ -12,9 +12,9 @@ from onnx import TensorProto
 
 from onnx.external_data_helper import uses_external_data
 
-from spa.inputs import concrete_shape, input_specs
-from spa.load import infer_shapes, tensor_nbytes
-from spa.runtime import session
+from spa.io.inputs import concrete_shape, input_specs
+from spa.io.load import infer_shapes, tensor_nbytes
+from spa.io.runtime import session
 
 FLOAT_TYPES = {
     TensorProto.FLOAT,

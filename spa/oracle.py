@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from spa import api
-from spa.load import load_model
-from spa.runtime import run
+from spa.io.load import load_model
+from spa.io.runtime import run
 from spa.select import removable_in_order
 from spa.verify import (NOISE_FACTOR, quantizes_activations, reference_run, rounding_noise,
                         without_activation_quantization)

@@ -17,7 +17,7 @@ from spa.analyze.context import AnalysisState, static_dim
 from spa.analyze.labels import Labels
 from spa.analyze.ops import slice_params
 from spa.analyze.shapes import Const, dim_labels, follows, freezable, keeps_meaning, shape_concat
-from spa.load import read_values
+from spa.io.load import read_values
 
 
 class Kept:

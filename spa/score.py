@@ -19,7 +19,7 @@ from spa.calib import Calibration
 from spa.collect import Hessian, Moments, collect
 from spa.errors import SpaError
 from spa.layers import LinearLayer, consumer_layers, weight_readers
-from spa.load import read_values
+from spa.io.load import read_values
 
 MAGNITUDE_CRITERIA = ("random", "l1", "l2", "bn-scale")
 DATA_CRITERIA = ("activation", "fluctuation", "obs", "greedy")  # need calibration data

@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 
 from spa.errors import SpaError, first_line
-from spa.inputs import InputMaker
-from spa.load import Loaded
-from spa.runtime import run, session
+from spa.io.inputs import InputMaker
+from spa.io.load import Loaded
+from spa.io.runtime import run, session
 
 # Sizes tried for open input dims, (batch, others), until the input model runs: images need
 # room for strides and kernels (and multiples of 32 for detectors), sequences fit small sizes.

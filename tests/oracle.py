@@ -9,7 +9,7 @@ from onnx import helper
 
 from spa import oracle as spa_oracle
 from spa.oracle import choose_channels, zero_channels  # noqa: F401 - re-exported for the tests
-from spa.runtime import session
+from spa.io.runtime import session
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

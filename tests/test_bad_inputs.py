@@ -23,7 +23,7 @@ import pytest
 import bad_models
 import spa
 from oracle import run
-from spa.inputs import make_inputs
+from spa.io.inputs import make_inputs
 
 MODELS = Path(__file__).parent.parent / "models"
 RESNET = MODELS / "resnet_basic.onnx"

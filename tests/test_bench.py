@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.bench import bench, format_bench
-from spa.inputs import InputSpec, input_specs, make_inputs
+from spa.io.inputs import InputSpec, input_specs, make_inputs
 from spa.metrics import count_macs, count_params
 
 

@@ -25,7 +25,7 @@ from oracle import random_feeds, run
 from spa.calib import synthetic_calibration
 from spa.cli import main
 from spa.errors import SpaError
-from spa.inputs import make_inputs
+from spa.io.inputs import make_inputs
 from spa.verify import verify_equivalent
 
 SAMPLES = 16  # calibration images of [1, 6, 6]

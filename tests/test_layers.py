@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.layers import LinearLayer
-from spa.runtime import session
+from spa.io.runtime import session
 
 
 def _conv_model(weight: np.ndarray, bias: np.ndarray, shape: list[int], **attrs) -> onnx.ModelProto:

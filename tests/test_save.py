@@ -6,7 +6,7 @@ import pytest
 
 from edge_models import conv_transpose
 from spa.errors import SpaError
-from spa.save import check_writable, save_model
+from spa.io.save import check_writable, save_model
 
 
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 import spa
 from oracle import check_oracle, run
-from spa.inputs import make_inputs
+from spa.io.inputs import make_inputs
 
 MODELS = sorted((Path(__file__).parent.parent / "models" / "transformers").glob("*.onnx"))
 DYNAMIC = [p for p in MODELS if "dynamic" in p.stem]

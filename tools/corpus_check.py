@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spa import oracle  # noqa: E402
 from spa.bench import bench  # noqa: E402
 from spa.errors import SpaError  # noqa: E402
-from spa.load import load_model  # noqa: E402
-from spa.runtime import run  # noqa: E402
+from spa.io.load import load_model  # noqa: E402
+from spa.io.runtime import run  # noqa: E402
 from spa.verify import reference_run  # noqa: E402
 from wild_corpus import cache_dir  # noqa: E402
 

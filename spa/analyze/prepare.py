@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.load import read_values
+from spa.io.load import read_values
 
 COPY_MARK = "__spa_copy"
 

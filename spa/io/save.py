@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from spa.errors import SpaError
-from spa.load import external_info, tensor_nbytes
+from spa.io.load import external_info, tensor_nbytes
 
 PROTOBUF_LIMIT = 2**31 - 1
 INLINE_BYTES = 1024  # smaller tensors stay inside the model file

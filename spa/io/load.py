@@ -246,8 +246,8 @@ def measure_open_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     computed by ops it cannot follow), they are static too: run the model once on a
     synthetic input and write down the shapes onnxruntime saw. Unchanged where inputs are
     open or the run fails."""
-    from spa.inputs import InputMaker  # here: inputs needs nothing of load, but load is imported first
-    from spa.runtime import session
+    from spa.io.inputs import InputMaker  # here: inputs needs nothing of load, but load is imported first
+    from spa.io.runtime import session
     maker = InputMaker(model)
     if any(not isinstance(d, int) for spec in maker.specs for d in spec.shape):
         return model
