@@ -323,7 +323,7 @@ def onnx_attention_gqa() -> onnx.ModelProto:
 def onnx_attention_3d() -> onnx.ModelProto:
     """The standard Attention op on [batch, sequence, heads * head_dim] with q_num_heads."""
     g = Graph(11)
-    heads, head_dim, dim, tokens = 4, 8, 32, 5
+    heads, dim, tokens = 4, 32, 5
     q, k, v = [g.linear("input", dim, dim) for _ in range(3)]
     attended = g.op("Attention", [q, k, v], q_num_heads=heads, kv_num_heads=heads)
     out = g.op("Add", ["input", g.linear(attended, dim, dim)])

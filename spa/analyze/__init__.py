@@ -7,9 +7,8 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AnalysisState, NodeContext, static_dim
 from spa.analyze.groups import KINDS, Group, Member, build_groups
-from spa.analyze import ops_attention, ops_contrib, ops_quant  # noqa: F401 - they register their rules
-from spa.analyze.ops import unknown
-from spa.analyze.registry import rule_for
+from spa.analyze import ops  # noqa: F401 - the op modules register their rules and rewrite hooks
+from spa.analyze.registry import rule_for, unknown
 from spa.analyze.shapes import check_shape_uses, trace_shape_values
 
 __all__ = ["DEFAULT_TARGETS", "KINDS", "Analysis", "Group", "Member", "analyze"]

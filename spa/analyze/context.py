@@ -1,6 +1,7 @@
 """The state a dependency analysis builds, and the view of it each op rule works through."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -224,3 +225,30 @@ def _shape(tensor: gs.Tensor) -> list | None:
 
 def static_dim(dim) -> int | None:
     return int(dim) if isinstance(dim, (int, np.integer)) and dim >= 0 else None
+
+
+class RewriteContext:
+    """What a rewrite hook sees: the analysis state, which channels survive, and fresh names."""
+
+    def __init__(self, state: AnalysisState, removed_roots: set[int]) -> None:
+        self.state = state
+        self.removed = removed_roots
+        self._taken = set(state.graph.tensors()) | {node.name for node in state.graph.nodes}
+        self._counter = itertools.count()
+
+    def positions(self, labels: Labels) -> np.ndarray:
+        """The positions of an axis with these labels that survive."""
+        roots = self.state.space.roots(labels)
+        return np.flatnonzero([r not in self.removed for r in roots.tolist()])
+
+    def size(self, labels: Labels | None, old: int | None = None):
+        """The axis's size after the removal (`old` for an axis without channels)."""
+        return old if labels is None else len(self.positions(labels))
+
+    def new_name(self, base: str) -> str:
+        """A tensor or node name that collides with nothing in the graph."""
+        while True:
+            name = f"{base}_spa{next(self._counter)}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name

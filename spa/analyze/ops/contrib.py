@@ -3,8 +3,9 @@ the composition of standard ops it replaces, and follows the same rules."""
 from __future__ import annotations
 
 from spa.analyze.context import NodeContext
-from spa.analyze.ops import broadcast, broadcast_inputs, elementwise_unary, trailing_parameter, unknown
-from spa.analyze.registry import rule
+from spa.analyze.ops.elementwise import broadcast, broadcast_inputs, elementwise_unary
+from spa.analyze.ops.norm import trailing_parameter
+from spa.analyze.registry import rule, unknown
 
 rule("com.microsoft:Gelu", "com.microsoft:QuickGelu")(elementwise_unary)
 rule("com.microsoft:FastGelu", "com.microsoft:BiasGelu", "com.microsoft:BiasAdd")(broadcast)

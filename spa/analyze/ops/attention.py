@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa.analyze.context import AxisLabels, NodeContext
-from spa.analyze.ops import unknown
-from spa.analyze.registry import rule
+from spa.analyze.registry import rule, unknown
 
 
 def _relate_heads(ctx: NodeContext, q_heads, kv_heads: list) -> bool:

@@ -10,8 +10,12 @@ it quantizes to the zero point, which dequantizes to 0.
 from __future__ import annotations
 
 from spa.analyze.context import NodeContext
-from spa.analyze.ops import Concat, Conv, Gemm, MatMul, broadcast, elementwise_unary, pool, unknown
-from spa.analyze.registry import rule
+from spa.analyze.ops.conv import Conv
+from spa.analyze.ops.elementwise import broadcast, elementwise_unary
+from spa.analyze.ops.linear import Gemm, MatMul
+from spa.analyze.ops.pieces import Concat
+from spa.analyze.ops.reduce import pool
+from spa.analyze.registry import rule, unknown
 
 
 @rule("QuantizeLinear", "DequantizeLinear")
@@ -180,7 +184,7 @@ def QLinearConcat(ctx: NodeContext) -> None:
 def QAttention(ctx: NodeContext) -> None:
     """input, int8 weight, bias, input_scale, weight_scale, mask_index, input_zero_point,
     weight_zero_point, past: com.microsoft Attention on quantized weights."""
-    from spa.analyze.ops_attention import MicrosoftAttention
+    from spa.analyze.ops.attention import MicrosoftAttention
     if ctx.has_input(8) or not _scalars(ctx, 3, 4, 6, 7):
         return unknown(ctx)
     MicrosoftAttention(ctx.view([0, 1, 2, 5]))
@@ -190,7 +194,7 @@ def QAttention(ctx: NodeContext) -> None:
 def QEmbedLayerNormalization(ctx: NodeContext) -> None:
     """EmbedLayerNormalization on quantized tables, gamma and beta, with per-tensor scales and
     zero points (inputs 8 to 17)."""
-    from spa.analyze.ops_contrib import EmbedLayerNormalization
+    from spa.analyze.ops.contrib import EmbedLayerNormalization
     if not _scalars(ctx, *range(8, 18)):
         return unknown(ctx)
     EmbedLayerNormalization(ctx.view(list(range(8))))

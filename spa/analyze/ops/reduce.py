@@ -1,0 +1,62 @@
+"""Pooling and reductions: spatial axes go, channels stay; a reduction over channels
+is exact only for sums."""
+from __future__ import annotations
+
+import numpy as np
+
+from spa.analyze.context import AxisLabels, NodeContext
+from spa.analyze.registry import rule, unknown
+
+
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def pool(ctx: NodeContext) -> None:
+    x = ctx.axes(0)
+    if x is None:
+        return unknown(ctx)
+    ctx.fix_all(x[2:], f"spatial axis of {ctx.where()}")
+    if len(ctx.node.outputs) > 1 and ctx.node.outputs[1].outputs:
+        ctx.fix(x[1], f"{ctx.where()} returns indices that count channels")
+    for index in range(len(ctx.node.outputs)):
+        ctx.set_output(index, [x[0], x[1]] + [None] * (len(x) - 2))
+
+
+EXACT_REDUCTIONS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
+
+
+@rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+      "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+def reduce(ctx: NodeContext) -> None:
+    x = ctx.axes(0)
+    reduced = _reduced_axes(ctx, x)
+    if x is None or reduced is None:
+        return unknown(ctx)
+    for k in reduced:
+        if ctx.node.op not in EXACT_REDUCTIONS:
+            ctx.inexact(x[k], f"reduced by {ctx.where()}")
+    keep = ctx.attr("keepdims", 1)
+    out = [None if k in reduced else x[k] for k in range(len(x)) if keep or k not in reduced]
+    ctx.set_output(0, out)
+
+
+def _reduced_axes(ctx: NodeContext, x: AxisLabels | None) -> set[int] | None:
+    if x is None:
+        return None
+    axes = ctx.attr("axes")
+    if axes is None and ctx.has_input(1):
+        axes = ctx.const(1)
+        if axes is None:
+            return None
+    if axes is None or len(axes) == 0:
+        return set() if ctx.attr("noop_with_empty_axes", 0) else set(range(len(x)))
+    return {int(a) % len(x) for a in np.ravel(axes)}
+
+
+@rule("ArgMax", "ArgMin")
+def ArgMax(ctx: NodeContext) -> None:
+    x = ctx.axes(0)
+    if x is None:
+        return unknown(ctx)
+    axis = ctx.attr("axis", 0) % len(x)
+    ctx.fix(x[axis], f"{ctx.where()} returns positions along this axis")
+    keep = ctx.attr("keepdims", 1)
+    ctx.set_output(0, [None if k == axis else x[k] for k in range(len(x)) if keep or k != axis])
