@@ -9,20 +9,20 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from spa.analyze import DEFAULT_TARGETS, KINDS, Analysis, Group, analyze
-from spa.bias import add_zero_biases, drop_zero_biases
-from spa.calib import Calibration, load_calibration, synthetic_calibration
-from spa.compensate import COMPENSATING, mark_removed, prune_in_order
-from spa.correct import correct_statistics, output_moments
+from spa.repair.bias import add_zero_biases, drop_zero_biases
+from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
+from spa.repair.compensate import mark_removed, prune_in_order
+from spa.repair.correct import correct_statistics, output_moments
 from spa.errors import SpaError
-from spa.layers import LinearLayer
+from spa.calibrate.layers import LinearLayer
 from spa.io.export import export
 from spa.io.load import Loaded, ModelSource, import_graph, input_files, load_model
 from spa.metrics import summarize
-from spa.obs import DEFAULT_DAMPING
+from spa.criteria.obs import DEFAULT_DAMPING
 from spa.analyze.prepare import prepare, reshare
 from spa.rewrite import rewrite
 from spa.io.save import check_outputs, save_model, write_json
-from spa.score import Scores, Scoring, measurable_layers, score_groups
+from spa.criteria.score import Scores, Scoring, measurable_layers, score_groups
 from spa.select import DEFAULT_ROUND_TO, Selection, choose, removal_counts
 from spa.verify import reference_run, verify_equivalent, verify_pruned
 
@@ -236,7 +236,7 @@ def _prepared_analysis(loaded: Loaded, plan: Plan) -> tuple[gs.Graph, Analysis, 
     graph = import_graph(loaded)
     prepare(graph)
     _check_ignored(graph, plan.ignore)
-    repairs = plan.scoring.criterion in COMPENSATING or plan.correct_stats
+    repairs = plan.scoring.method.compensates or plan.correct_stats
     added = add_zero_biases(graph) if repairs else []
     return graph, analyze(graph, _default_opset(loaded.model), plan.ignore), added
 

@@ -65,8 +65,9 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # imported here, not at the top: start-up stays inside main()'s error handling (Ctrl-C included)
     from spa.analyze import DEFAULT_TARGETS, KINDS
-    from spa.obs import DEFAULT_DAMPING
-    from spa.score import CRITERIA, NORMALIZATIONS, REDUCTIONS
+    from spa.criteria.obs import DEFAULT_DAMPING
+    from spa.criteria import CRITERIA
+    from spa.criteria.score import NORMALIZATIONS, REDUCTIONS
     from spa.select import DEFAULT_ROUND_TO, SCOPES
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=_ratio, help="fraction of each group's channels to remove (of all, with --scope global)")
     p.add_argument("--target-macs", type=_fraction, metavar="F", help="prune until MACs are F of the original")
     p.add_argument("--target-params", type=_fraction, metavar="F", help="prune until parameters are F of the original")
-    p.add_argument("--criterion", choices=CRITERIA, default="l2", help="how channels are ranked (README: Criteria)")
+    p.add_argument("--criterion", choices=list(CRITERIA), default="l2", help="how channels are ranked (README: Criteria)")
     p.add_argument("--scope", choices=SCOPES, default="local",
                    help="local: every group loses the ratio; global: one ranking across groups")
     p.add_argument("--max-ratio", type=_fraction, default=0.9, help="global scope: most any group may lose")

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from spa import calib
-from spa.calib import load_calibration, progress, synthetic_calibration
+from spa.calibrate import sources as calib
+from spa.calibrate.sources import load_calibration, progress, synthetic_calibration
 from spa.errors import SpaError
 
 MODELS = Path(__file__).parent.parent / "models"
@@ -58,7 +58,7 @@ def _static(batch):
 
 
 def _record_loads(monkeypatch) -> list[str]:
-    """Make np.load (as used by spa.calib) record the names of the files it opens."""
+    """Make np.load (as used by spa.calibrate.sources) record the names of the files it opens."""
     loaded, real_load = [], np.load
 
     def load(path, *args, **kwargs):

@@ -22,7 +22,7 @@ from criteria_models import (concat_activation, conv_bn_relu_conv, conv_relu_con
                              split_branches, three_convs, with_outputs)
 from graphgen import cnn_models
 from oracle import random_feeds, run
-from spa.calib import synthetic_calibration
+from spa.calibrate.sources import synthetic_calibration
 from spa.cli import main
 from spa.errors import SpaError
 from spa.io.inputs import make_inputs

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from spa.layers import LinearLayer
+from spa.calibrate.layers import LinearLayer
 from spa.io.runtime import session
 
 

@@ -1,9 +1,9 @@
-"""OBS pruning with compensation and greedy forward selection (spa.obs), against closed forms."""
+"""OBS pruning with compensation and greedy forward selection (spa.criteria.obs), against closed forms."""
 import numpy as np
 import pytest
 
 from spa.errors import SpaError
-from spa.obs import (Layer, damped, greedy_gains, greedy_keep, inverse_hessian, least_squares,
+from spa.criteria.obs import (Layer, damped, greedy_gains, greedy_keep, inverse_hessian, least_squares,
                      obs_costs, obs_prune, remove_channels)
 
 SAMPLES = 500

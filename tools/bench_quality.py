@@ -45,7 +45,10 @@ import onnxruntime as ort
 
 from spa.api import prune
 from spa.errors import SpaError
-from spa.score import CRITERIA, MAGNITUDE_CRITERIA
+from spa.criteria import CRITERIA as REGISTERED
+
+CRITERIA = tuple(REGISTERED)
+MAGNITUDE_CRITERIA = tuple(name for name, method in REGISTERED.items() if not method.needs_data)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ROOT / "models" / "trained"

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from spa.calib import Calibration, progress
+from spa.calibrate.sources import Calibration, progress
 from spa.errors import SpaError, first_line
 
 Accumulator = Callable[[np.ndarray], None]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.calib import Calibration
-from spa.collect import Moments, collect
-from spa.layers import LinearLayer
+from spa.calibrate.sources import Calibration
+from spa.calibrate.collect import Moments, collect
+from spa.calibrate.layers import LinearLayer
 from spa.io.load import read_values
 
 RATIO_LIMITS = (0.1, 10.0)

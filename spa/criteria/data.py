@@ -1,0 +1,137 @@
+"""Criteria that measure the linear layers reading a group on calibration data:
+activation, fluctuation (FLAP), obs (Optimal Brain Surgeon) and greedy (forward
+selection). Each group is measured on the model as already pruned and compensated
+upstream (spa.repair.compensate), so every layer compensates for the layers before it:
+- obs: backward elimination with OBS updates of the consumers' kept columns (obs.py);
+- greedy: forward selection, kept columns refit by least squares;
+- fluctuation: lowest FLAP scores; the removed channels' mean contribution is folded
+  into each consumer's bias;
+- activation: lowest mean absolute activations, no repair.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from spa.analyze import Group, Member
+from spa.calibrate.layers import LinearLayer
+from spa.criteria import obs
+from spa.criteria.base import Criterion, register
+from spa.select import choose, keep_rule, removal_rule
+
+
+def column_values(layer: LinearLayer, per_position: np.ndarray) -> np.ndarray:
+    """A per-input-position statistic spread over the layer's matrix columns (a Conv has
+    one column per kernel position of each input channel)."""
+    return np.repeat(per_position, layer.kernel_size)
+
+
+@register
+class Activation(Criterion):
+    name = "activation"
+    needs_data = True
+
+    def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
+        return np.array([measured.mean_abs[index].mean() if index else 0.0 for index in member.index])
+
+
+@register
+class Fluctuation(Criterion):
+    """FLAP: Var(x_c) * ||W[:, c]||^2, kernel columns included; the removed channels' mean
+    contribution goes into the bias."""
+    name = "fluctuation"
+    needs_data = True
+    compensates = True
+
+    def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
+        matrix = layer.matrix()
+        column_variance = column_values(layer, measured.variance)
+        return np.array([(column_variance[cols] * np.square(matrix[:, cols]).sum(axis=0)).sum()
+                         for cols in layer.columns(member)])
+
+    def remove(self, group: Group, count: int, layers: list, measured: dict, scores: np.ndarray,
+               damping: float, gone: dict) -> list[int]:
+        channels = choose(group, scores, count)
+        for layer, member in layers:
+            fold_means(layer, member, channels, measured[layer.node.name].mean)
+        return channels
+
+
+def fold_means(layer: LinearLayer, member: Member, channels: list[int], mean: np.ndarray) -> None:
+    """bias += W[:, removed] · E[x_removed]: the layer's output keeps its mean."""
+    if layer.bias is None or not channels:
+        return
+    matrix = layer.matrix()
+    column_means = column_values(layer, mean)
+    removed = np.concatenate([layer.columns(member)[c] for c in channels])
+    matrix[:, -1] += matrix[:, removed] @ column_means[removed]
+    layer.set_matrix(matrix)
+
+
+class Reconstruction(Criterion):
+    """obs and greedy: pick by the consumers' output reconstruction error (their Hessians),
+    and leave every consumer's kept weights refit."""
+    needs_data = True
+    compensates = True
+    statistic = "hessian"
+
+    def remove(self, group: Group, count: int, layers: list, measured: dict, scores: np.ndarray,
+               damping: float, gone: dict) -> list[int]:
+        merged = _merge_by_node(layers)
+        problems = [obs.Layer(layer.matrix(), _without_gone(layer, measured[layer.node.name].matrix, gone), columns)
+                    for layer, columns in merged]
+        channels = self.pick(group, count, problems, damping)
+        for (layer, _), problem in zip(merged, problems):
+            layer.set_matrix(problem.weight)
+        return channels
+
+    def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
+        raise NotImplementedError
+
+
+@register
+class Obs(Reconstruction):
+    name = "obs"
+
+    def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
+        return obs.obs_costs([obs.Layer(layer.matrix(), measured.matrix, layer.columns(member))], damping)
+
+    def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
+        return obs.obs_prune(problems, count, removal_rule(group, count), damping)
+
+
+@register
+class Greedy(Reconstruction):
+    name = "greedy"
+
+    def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
+        return obs.greedy_gains([obs.Layer(layer.matrix(), measured.matrix, layer.columns(member))], damping)
+
+    def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
+        keep = max(group.size - count, len(group.pieces))  # every piece keeps a channel
+        return obs.greedy_keep(problems, keep, keep_rule(group, group.size - keep), damping)
+
+
+def _without_gone(layer: LinearLayer, hessian: np.ndarray, gone: dict[tuple[str, int], set[int]]) -> np.ndarray:
+    """The Hessian with the inputs of channels removed upstream made dead: their input may
+    still be nonzero (a Sigmoid of a zeroed channel is 0.5), but their columns are cut, so
+    compensation must not put weight on them."""
+    positions = sorted(gone.get((layer.weight.name, layer.weight_input_axis), ()))
+    if not positions:
+        return hessian
+    columns = layer.position_columns(positions)
+    hessian = hessian.copy()
+    hessian[columns, :] = 0.0
+    hessian[:, columns] = 0.0
+    return hessian
+
+
+def _merge_by_node(layers: list[tuple[LinearLayer, Member]]) -> list[tuple[LinearLayer, list[np.ndarray]]]:
+    """One problem per layer, even where it reads the group through two weights' axes."""
+    merged: dict[str, tuple[LinearLayer, list[np.ndarray]]] = {}
+    for layer, member in layers:
+        columns = layer.columns(member)
+        if layer.node.name in merged:
+            known = merged[layer.node.name][1]
+            columns = [np.union1d(a, b) for a, b in zip(known, columns)]
+        merged[layer.node.name] = (layer, columns)
+    return list(merged.values())

@@ -1,0 +1,90 @@
+"""Remove channels group by group, in graph order, repairing the layers that read them.
+
+The graph keeps its size here: a removed channel has every member slice zeroed (a
+divisor set to 1), which is exactly what the rewrite stage then cuts away. Data criteria
+measure each group on the graph as already pruned upstream, so every layer compensates
+for the layers before it; what each criterion picks and repairs is its `remove`
+(spa/criteria/data.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.analyze import Group, Member
+from spa.calibrate.sources import Calibration
+from spa.criteria.score import Scores, Scoring, measurable_layers, measure, normalize, reduce
+from spa.io.load import read_values
+from spa.select import choose
+
+
+def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int], scores: Scores,
+                   scoring: Scoring, calibration: Calibration | None, ir_version: int) -> dict[int, list[int]]:
+    """Pick and zero `counts[g]` channels of every group; return the removed channels."""
+    removed: dict[int, list[int]] = {}
+    gone: dict[tuple[str, int], set[int]] = {}  # (initializer, axis) -> positions already removed
+    for group in _in_graph_order(graph, groups):
+        count = counts.get(group.id, 0)
+        if count <= 0 or group.id in scores.unscored:
+            continue
+        if scoring.needs_data:
+            channels, scores.values[group.id] = _pick_with_data(graph, group, count, scoring, calibration,
+                                                                ir_version, gone)
+        else:
+            channels = choose(group, scores.values[group.id], count)
+        zero_channels(graph, group, channels)
+        mark_removed(gone, group, channels)
+        removed[group.id] = channels
+    return removed
+
+
+def mark_removed(positions: dict[tuple[str, int], set[int]], group: Group, channels: list[int]) -> None:
+    """Add the initializer positions `channels` own to `positions`, by (initializer, axis)."""
+    for member in group.members:
+        if member.within is None:
+            positions.setdefault((member.initializer, member.axis), set()).update(
+                p for c in channels for p in member.index[c])
+
+
+def zero_channels(graph: gs.Graph, group: Group, channels: list[int]) -> None:
+    """Set every member slice of `channels` to 0 (a divisor to 1, which is inert)."""
+    tensors = graph.tensors()
+    for member in group.members:
+        tensor = tensors[member.initializer]
+        values = np.array(read_values(tensor))
+        for channel in channels:
+            values[_slice(member, channel, values.ndim)] = 1 if member.role == "divisor" else 0
+        tensor.values = values
+
+
+def _slice(member: Member, channel: int, ndim: int) -> tuple:
+    index: list = [slice(None)] * ndim
+    positions = np.asarray(member.index[channel], dtype=np.int64)
+    if member.within is None:
+        index[member.axis] = positions
+    else:
+        index[member.axis] = positions.reshape(-1, 1)
+        index[member.within_axis] = np.asarray(member.within[channel], dtype=np.int64).reshape(1, -1)
+    return tuple(index)
+
+
+def _in_graph_order(graph: gs.Graph, groups: list[Group]) -> list[Group]:
+    """By the first node reading any of the group's weights: upstream groups first."""
+    first: dict[str, int] = {}
+    for position, node in enumerate(graph.nodes):
+        for tensor in node.inputs:
+            first.setdefault(tensor.name, position)
+    return sorted(groups, key=lambda g: min((first.get(m.initializer, 0) for m in g.members), default=0))
+
+
+def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring, calibration: Calibration | None,
+                    ir_version: int, gone: dict[tuple[str, int], set[int]]) -> tuple[list[int], np.ndarray]:
+    """The channels to remove, and the group's scores, measured on the graph as it is now."""
+    method = scoring.method
+    layers, _ = measurable_layers(graph, group)
+    measured = measure(graph, [layer for layer, _ in layers], method, calibration, ir_version,
+                       label=f"{method.name}: group {group.id}")
+    per_layer = [method.layer_scores(layer, member, measured[layer.node.name], scoring.damping)
+                 for layer, member in layers]
+    scores = normalize(reduce(per_layer, scoring.reduce), scoring.normalize)
+    return method.remove(group, count, layers, measured, scores, scoring.damping, gone), scores
