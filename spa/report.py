@@ -1,9 +1,21 @@
-"""Text a person reads: the prune summary and the inspect table."""
+"""What spa tells: the JSON report of a prune, and the text a person reads (the prune
+summary and the inspect table)."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from collections import Counter
 
+import numpy as np
+import onnx
+
 from spa.analyze import Analysis, Group
+from spa.calibrate.sources import Calibration
+from spa.criteria.score import Scores
+from spa.metrics import summarize
+
+if TYPE_CHECKING:
+    from spa.plan import Plan
 
 
 def prune_summary(report: dict) -> str:
@@ -63,3 +75,30 @@ def _detail(group: Group) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
+            pruned: onnx.ModelProto, plan: "Plan", calibration: Calibration | None, history: list[dict],
+            feeds: dict | None) -> dict:
+    """The JSON report: per group what was removed and why anything was kept, the plan, and
+    parameters/MACs before and after (MACs at the input shapes of `feeds`)."""
+    groups = []
+    targeted = {g.id for g in analysis.prunable_groups(plan.include_inexact, plan.targets)}
+    for group in analysis.groups:
+        unscored = scores.unscored.get(group.id)
+        reasons = group.reasons + ([f"{plan.scoring.criterion}: {unscored}"] if unscored else [])
+        entry = {"id": group.id, "name": group.name, "kind": group.kind, "size": group.size,
+                 "removed": removed.get(group.id, []),
+                 "kept": group.size - len(removed.get(group.id, [])),
+                 "prunable": group.prunable and group.id not in scores.unscored, "exact": group.exact,
+                 "targeted": group.id in targeted,
+                 "reason": "; ".join(reasons) or None}
+        if group.id in scores.values:  # None: removed by an earlier step
+            entry["scores"] = [None if np.isnan(s) else round(float(s), 6) for s in scores.values[group.id]]
+        groups.append(entry)
+    return {"criterion": plan.scoring.criterion, "ratio": plan.selection.ratio, "scope": plan.selection.scope,
+            "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
+            "calibration": None if calibration is None else {"source": calibration.source,
+                                                             "samples": calibration.samples},
+            "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),
+            "max_output_difference": None}

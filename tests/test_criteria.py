@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import spa
 import spa.api
+import spa.step
 from criteria_models import (concat_activation, conv_bn_relu_conv, conv_relu_conv, gemm_mlp, initializers, mlp,
                              split_branches, three_convs, with_outputs)
 from graphgen import cnn_models
@@ -95,7 +96,7 @@ def duplicate_model(consumer_bias: bool = True, kernel: int = 1) -> onnx.ModelPr
 def test_duplicate_channel_is_removed_and_moved_onto_its_twin(tmp_path, criterion, consumer_bias, kernel):
     model = duplicate_model(consumer_bias, kernel)
     data = images(np.random.default_rng(10))
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=False, damping=1e-8)
     assert removed(result) in ([0], [2])
     scores = result.report["groups"][0]["scores"]
@@ -118,10 +119,10 @@ def test_duplicate_channel_with_default_damping_and_correction(tmp_path, criteri
     it: far closer to the original than removing it without compensation."""
     model = duplicate_model()
     data = images(np.random.default_rng(10))
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data))
     assert result.report["correct_stats"] is True
     assert removed(result) in ([0], [2])
-    uncompensated = spa.prune(model, 0.25, "l2", round_to=1, verify=False)  # removes channel 3
+    uncompensated = spa.prune(model, 0.25, criterion="l2", round_to=1, verify=False)  # removes channel 3
     zeroed_twin = _zeroed(model, removed(result)[0])
     want = output(model, data)
     error = np.abs(output(result.model, data) - want).max()
@@ -141,7 +142,7 @@ def _zeroed(model: onnx.ModelProto, channel: int) -> onnx.ModelProto:
 def test_l2_ignores_the_duplicate_and_removes_the_smallest_weights(tmp_path):
     model = duplicate_model()
     data = images(np.random.default_rng(10))
-    result = spa.prune(model, 0.25, "l2", round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.25, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=False)
     scores = result.report["groups"][0]["scores"]
     assert removed(result) == [3] and int(np.argmin(scores)) == 3
@@ -165,7 +166,7 @@ def dead_model() -> onnx.ModelProto:
 def test_dead_channel_is_removed_exactly(tmp_path, criterion):
     model = dead_model()
     data = images(np.random.default_rng(11))
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data))
     assert removed(result) == [1]
     assert result.report["groups"][0]["scores"][1] == pytest.approx(0, abs=1e-6)
     assert_same_outputs(result.model, model, data, 1e-5)
@@ -188,7 +189,7 @@ def constant_model(consumer_bias: bool) -> onnx.ModelProto:
 def test_constant_channel_is_folded_into_the_bias(tmp_path, criterion, damping, consumer_bias):
     model = constant_model(consumer_bias)
     data = images(np.random.default_rng(12))
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=False, damping=damping)
     assert removed(result) == [1]
     assert_same_outputs(result.model, model, data, 1e-5)
@@ -209,7 +210,7 @@ def test_constant_unit_into_a_gemm_bias(tmp_path, trans_b, consumer_bias, criter
     w2, b2 = normal(rng, 4, 2), normal(rng, 2)
     model = gemm_mlp(w1, b1, w2, b2 if consumer_bias else None, trans_b)
     data = normal(rng, 64, 5)
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=False, damping=damping)
     assert removed(result) == [2]
     assert_same_outputs(result.model, model, data, 1e-5)
@@ -222,7 +223,7 @@ def test_constant_unit_into_a_gemm_bias(tmp_path, trans_b, consumer_bias, criter
 def test_constant_channel_with_obs_at_default_damping(tmp_path):
     model = constant_model(consumer_bias=True)
     data = images(np.random.default_rng(12))
-    result = spa.prune(model, 0.25, "obs", round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion="obs", round_to=1, calib=calibration_file(tmp_path, data))
     assert removed(result) == [1]
 
 
@@ -230,7 +231,7 @@ def test_activation_keeps_the_constant_channel(tmp_path):
     """Mean |x| ranks the constant 2 highest although it carries no information."""
     model = constant_model(consumer_bias=True)
     data = images(np.random.default_rng(12))
-    result = spa.prune(model, 0.25, "activation", round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion="activation", round_to=1, calib=calibration_file(tmp_path, data))
     scores = result.report["groups"][0]["scores"]
     assert int(np.argmax(scores)) == 1
     assert removed(result) == [int(np.argmin(scores))] and 1 not in removed(result)
@@ -262,7 +263,7 @@ def least_squares_refit(model: onnx.ModelProto, data: np.ndarray, kept: list[int
 @pytest.mark.parametrize("criterion", ["obs", "greedy"])
 def test_refit_is_the_least_squares_solution(tmp_path, criterion):
     model, data, path = mlp_setup(tmp_path)
-    result = spa.prune(model, 0.5, criterion, round_to=1, calib=path, correct_stats=False, damping=1e-8)
+    result = spa.prune(model, 0.5, criterion=criterion, round_to=1, calib=path, correct_stats=False, damping=1e-8)
     gone = removed(result)
     assert len(gone) == 4
     kept = [c for c in range(8) if c not in gone]
@@ -286,7 +287,7 @@ def _refit_error(model, data, kept) -> float:
 def test_obs_removes_the_cheapest_single_unit(tmp_path):
     """One removal: obs's pick is the unit whose least-squares refit loses least."""
     model, data, path = mlp_setup(tmp_path, seed=4)
-    result = spa.prune(model, 1 / 8, "obs", round_to=1, calib=path, correct_stats=False, damping=1e-8)
+    result = spa.prune(model, 1 / 8, criterion="obs", round_to=1, calib=path, correct_stats=False, damping=1e-8)
     errors = [_refit_error(model, data, [c for c in range(8) if c != gone]) for gone in range(8)]
     assert removed(result) == [int(np.argmin(errors))]
 
@@ -294,7 +295,7 @@ def test_obs_removes_the_cheapest_single_unit(tmp_path):
 def test_greedy_keeps_the_best_single_unit(tmp_path):
     """Keep one: greedy's first pick is the unit that alone (with the bias) fits best."""
     model, data, path = mlp_setup(tmp_path, seed=5)
-    result = spa.prune(model, 7 / 8, "greedy", round_to=1, calib=path, correct_stats=False, damping=1e-8)
+    result = spa.prune(model, 7 / 8, criterion="greedy", round_to=1, calib=path, correct_stats=False, damping=1e-8)
     errors = [_refit_error(model, data, [c]) for c in range(8)]
     assert [c for c in range(8) if c not in removed(result)] == [int(np.argmin(errors))]
 
@@ -322,8 +323,8 @@ def test_correction_restores_the_consumer_statistics(tmp_path, consumer_bias):
     path = calibration_file(tmp_path, data)
     # --ignore conv3 keeps every channel axis of conv3's weight whole, so conv2's outputs stay
     # (ignoring conv2 would keep conv1's group too: its weight's input axis is that group)
-    corrected = spa.prune(model, 0.5, "l2", round_to=1, calib=path, correct_stats=True, ignore=["conv3"])
-    plain = spa.prune(model, 0.5, "l2", round_to=1, calib=path, correct_stats=False, ignore=["conv3"])
+    corrected = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=path, correct_stats=True, ignore=["conv3"])
+    plain = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=path, correct_stats=False, ignore=["conv3"])
     assert len(group_of(corrected, "conv1")["removed"]) == 3
     assert group_of(corrected, "conv1")["removed"] == group_of(plain, "conv1")["removed"]
     assert group_of(corrected, "conv2")["removed"] == []
@@ -342,7 +343,7 @@ def test_correction_of_two_layers_in_order(tmp_path):
     output is the graph output) on the model with conv2 already corrected."""
     model = stacked_model()
     data = images(np.random.default_rng(14))
-    result = spa.prune(model, 0.4, "l2", round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.4, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data))
     gone = group_of(result, "conv2")["removed"]
     assert len(group_of(result, "conv1")["removed"]) == 2 and len(gone) == 2
     kept = [c for c in range(5) if c not in gone]
@@ -359,7 +360,7 @@ def test_correction_of_two_layers_in_order(tmp_path):
 def test_correction_through_a_batchnorm_changes_only_its_statistics(tmp_path):
     model = stacked_model(consumer_bias=False, batch_norm=True)
     data = images(np.random.default_rng(15))
-    result = spa.prune(model, 0.5, "l2", round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=True, ignore=["conv3"])
     gone = group_of(result, "conv1")["removed"]
     assert len(gone) == 3
@@ -389,13 +390,13 @@ def test_correction_of_dense_layers(tmp_path, layout):
         model = gemm_mlp(w1, normal(rng, 8, scale=0.3), w2, None if layout == "gemm_no_bias" else normal(rng, 3),
                          trans_b=int(layout == "gemm_trans_b"))
     data = normal(rng, 200, 6)
-    result = spa.prune(model, 0.5, "l2", round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data))
     assert result.report["correct_stats"] is True and len(removed(result)) == 4
     mean0, std0 = channel_moments(output(model, data), axis=-1)
     mean1, std1 = channel_moments(output(result.model, data), axis=-1)
     np.testing.assert_allclose(mean1, mean0, rtol=1e-3, atol=1e-4 * std0.max())
     np.testing.assert_allclose(std1, std0, rtol=1e-3)
-    plain = spa.prune(model, 0.5, "l2", round_to=1, calib=calibration_file(tmp_path, data), correct_stats=False)
+    plain = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data), correct_stats=False)
     assert np.abs(channel_moments(output(plain.model, data), axis=-1)[0] - mean0).max() > 0.05 * std0.max()
 
 
@@ -407,16 +408,16 @@ def test_bn_scale_removes_the_smallest_absolute_gamma(tmp_path):
     bn = dict(scale=gamma, shift=normal(rng, 5, scale=0.1), mean=normal(rng, 5, scale=0.1),
               var=np.full(5, 1.0, np.float32))
     model = conv_bn_relu_conv(normal(rng, 5, 1, 3, 3), normal(rng, 5), bn, normal(rng, 2, 5, 1, 1), None)
-    result = spa.prune(model, 0.2, "bn-scale", round_to=1)
+    result = spa.prune(model, 0.2, criterion="bn-scale", round_to=1)
     assert removed(result) == [2]
     np.testing.assert_allclose(result.report["groups"][0]["scores"], np.abs(gamma) / np.abs(gamma).mean(),
                                rtol=1e-5)
-    assert removed(spa.prune(model, 0.4, "bn-scale", round_to=1)) == [2, 4]
+    assert removed(spa.prune(model, 0.4, criterion="bn-scale", round_to=1)) == [2, 4]
 
 
 def test_bn_scale_keeps_groups_without_batchnorm_whole_and_says_why():
     model = stacked_model(batch_norm=True)  # bn2 after conv2; conv1's channels meet no BatchNorm
-    result = spa.prune(model, 0.4, "bn-scale", round_to=1)
+    result = spa.prune(model, 0.4, criterion="bn-scale", round_to=1)
     conv1, conv2 = group_of(result, "conv1"), group_of(result, "conv2")
     assert conv1["removed"] == [] and not conv1["prunable"] and "scores" not in conv1
     assert conv1["reason"] == "bn-scale: no BatchNormalization scale in this group"
@@ -429,7 +430,7 @@ def test_bn_scale_without_any_batchnorm_explains_and_removes_nothing():
     that removes nothing and gives the reason per group; never a crash."""
     model = stacked_model()
     try:
-        result = spa.prune(model, 0.5, "bn-scale", round_to=1)
+        result = spa.prune(model, 0.5, criterion="bn-scale", round_to=1)
     except SpaError as error:
         assert "BatchNormalization" in str(error) and "\n" not in str(error)
         return
@@ -455,14 +456,14 @@ def lopsided_model() -> onnx.ModelProto:
 
 def test_global_scope_takes_the_lopsided_group_first():
     model = lopsided_model()
-    local = spa.prune(model, 0.25, "l2", round_to=1)
+    local = spa.prune(model, 0.25, criterion="l2", round_to=1)
     assert [len(group_of(local, n)["removed"]) for n in ("conv1", "conv2")] == [1, 1]
-    result = spa.prune(model, 0.25, "l2", round_to=1, scope="global")
+    result = spa.prune(model, 0.25, criterion="l2", round_to=1, scope="global")
     assert group_of(result, "conv1")["removed"] == [0, 1, 2] and group_of(result, "conv2")["removed"] == []
-    result = spa.prune(model, 0.25, "l2", round_to=1, scope="global", max_ratio=0.25)
+    result = spa.prune(model, 0.25, criterion="l2", round_to=1, scope="global", max_ratio=0.25)
     assert len(group_of(result, "conv1")["removed"]) == 1  # floor(0.25 * 6): the cap holds...
     assert len(group_of(result, "conv2")["removed"]) == 1  # ...for both, so 2 of the 3 asked for go
-    result = spa.prune(model, 0.5, "l2", round_to=1, scope="global", max_ratio=0.5)
+    result = spa.prune(model, 0.5, criterion="l2", round_to=1, scope="global", max_ratio=0.5)
     assert [len(group_of(result, n)["removed"]) for n in ("conv1", "conv2")] == [3, 3]
 
 
@@ -470,7 +471,7 @@ def test_global_scope_takes_the_lopsided_group_first():
 def test_global_scope_with_data_criteria(tmp_path, criterion):
     model = lopsided_model()
     data = images(np.random.default_rng(16))
-    result = spa.prune(model, 0.25, criterion, round_to=1, scope="global", calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, scope="global", calib=calibration_file(tmp_path, data))
     assert len(group_of(result, "conv1")["removed"]) + len(group_of(result, "conv2")["removed"]) == 3
     assert set(group_of(result, "conv1")["removed"]) <= {0, 1, 2, 3}
     assert group_of(result, "conv2")["removed"] == []
@@ -497,8 +498,8 @@ def test_target_fraction_is_reached_and_not_overshot(tmp_path, metric, criterion
 def test_two_steps_remove_as_much_as_one(tmp_path, criterion):
     model = wide_model()
     calib = calibration_file(tmp_path, images(np.random.default_rng(18))) if criterion == "obs" else None
-    once = spa.prune(model, 0.5, criterion, round_to=1, calib=calib)
-    twice = spa.prune(model, 0.5, criterion, round_to=1, calib=calib, steps=2)
+    once = spa.prune(model, 0.5, criterion=criterion, round_to=1, calib=calib)
+    twice = spa.prune(model, 0.5, criterion=criterion, round_to=1, calib=calib, steps=2)
     onnx.checker.check_model(twice.model, full_check=True)
     steps = twice.report["steps"]
     assert [s["step"] for s in steps] == [1, 2] and all(s["channels_removed"] > 0 for s in steps)
@@ -512,7 +513,7 @@ def test_steps_report_describes_the_input_model():
     """After several steps the report (and result.removed) still speaks of the input
     model's groups: their sizes, and every channel removed over all steps."""
     model = wide_model()
-    result = spa.prune(model, 0.5, "l2", round_to=1, steps=2)
+    result = spa.prune(model, 0.5, criterion="l2", round_to=1, steps=2)
     total = sum(s["channels_removed"] for s in result.report["steps"])
     for name in ("conv1", "conv2"):
         group = group_of(result, name)
@@ -526,7 +527,7 @@ def test_steps_report_describes_the_input_model():
 @pytest.mark.parametrize("criterion", ["obs", "greedy", "fluctuation", "activation"])
 def test_data_criteria_without_calibration_use_synthetic_inputs(criterion):
     model = dead_model()
-    result = spa.prune(model, 0.25, criterion, round_to=1)
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1)
     assert result.report["calibration"] == {"source": "synthetic", "samples": spa.api.SYNTHETIC_SAMPLES}
     assert result.report["correct_stats"] is False
     assert removed(result) == [1]  # dead on any input
@@ -535,7 +536,7 @@ def test_data_criteria_without_calibration_use_synthetic_inputs(criterion):
 
 
 def test_magnitude_criterion_runs_no_calibration():
-    result = spa.prune(dead_model(), 0.25, "l2", round_to=1)
+    result = spa.prune(dead_model(), 0.25, criterion="l2", round_to=1)
     assert result.report["calibration"] is None and result.report["correct_stats"] is False
 
 
@@ -549,7 +550,7 @@ def test_compensation_keeps_removed_channels_of_other_groups_removed(tmp_path, c
     compensation must not put weight back on that column, which the rewrite then cuts."""
     model = concat_activation(activation)
     data = images(np.random.default_rng(22))
-    result = spa.prune(model, 0.5, criterion, round_to=1, calib=calibration_file(tmp_path, data),
+    result = spa.prune(model, 0.5, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data),
                        correct_stats=False)  # the built-in check compares with the zeroed model
     assert len(group_of(result, "conv_a")["removed"]) == 1 and len(group_of(result, "conv_b")["removed"]) == 1
     assert initializers(result.model)["conv_c_w"].shape == (2, 2, 1, 1)
@@ -569,7 +570,7 @@ def test_split_group_read_by_two_consumers(tmp_path, criterion):
     comes from the layer that reads it (finite), and the dead channel 3 goes."""
     model = split_model()
     data = images(np.random.default_rng(23))
-    result = spa.prune(model, 0.25, criterion, round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, 0.25, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data))
     scores = result.report["groups"][0]["scores"]
     assert np.isfinite(scores).all(), scores
     assert removed(result) == [3]
@@ -595,14 +596,14 @@ def test_nan_in_calibration_data_never_yields_a_nan_model(tmp_path, criterion):
     poisoned = data.copy()
     poisoned[3, 0, 2, 2] = np.nan
     path = calibration_file(tmp_path, poisoned)
-    _finite_or_refused(lambda: spa.prune(stacked_model(), 0.5, criterion, round_to=1, calib=path), data)
+    _finite_or_refused(lambda: spa.prune(stacked_model(), 0.5, criterion=criterion, round_to=1, calib=path), data)
 
 
 @pytest.mark.parametrize("damping", [float("nan"), float("inf"), -1.0])
 def test_bad_damping_is_refused_or_harmless(damping):
     """A SpaError, or a finite model; a ValueError or LinAlgError escaping is an internal error."""
     data = images(np.random.default_rng(25))
-    _finite_or_refused(lambda: spa.prune(stacked_model(), 0.5, "obs", round_to=1, damping=damping), data)
+    _finite_or_refused(lambda: spa.prune(stacked_model(), 0.5, criterion="obs", round_to=1, damping=damping), data)
 
 
 def test_equivalence_check_rejects_nan_outputs():
@@ -625,7 +626,7 @@ def test_every_split_piece_keeps_a_channel(tmp_path, criterion, channels, ratio)
     rng = np.random.default_rng(26)
     model = split_branches(normal(rng, channels, 1, 3, 3), normal(rng, channels, scale=0.2))
     data = images(np.random.default_rng(27))
-    result = spa.prune(model, ratio, criterion, round_to=1, calib=calibration_file(tmp_path, data))
+    result = spa.prune(model, ratio, criterion=criterion, round_to=1, calib=calibration_file(tmp_path, data))
     half = channels // 2
     gone = removed(result)
     assert len(set(range(half)) - set(gone)) >= 1 and len(set(range(half, channels)) - set(gone)) >= 1, gone
@@ -648,17 +649,32 @@ def test_equivalence_check_reports_a_broken_model_as_spa_error():
 
 # -- 9. the built-in exactness check ------------------------------------------------------------
 
-def test_equivalence_check_catches_a_rewrite_of_other_channels(monkeypatch):
-    real_rewrite = spa.api.rewrite
+def _shift_rewrites(monkeypatch, calls: set[int]) -> None:
+    """Make the rewrite cut the channel next to each chosen one, in the given calls (1-based)."""
+    real_rewrite = spa.step.rewrite
+    count = [0]
 
     def shifted(analysis, removed):
+        count[0] += 1
         sizes = {g.id: g.size for g in analysis.groups}
-        real_rewrite(analysis, {gid: sorted((c + 1) % sizes[gid] for c in channels)
-                                for gid, channels in removed.items()})
+        if count[0] in calls:
+            removed = {gid: sorted((c + 1) % sizes[gid] for c in channels) for gid, channels in removed.items()}
+        real_rewrite(analysis, removed)
 
-    monkeypatch.setattr(spa.api, "rewrite", shifted)
+    monkeypatch.setattr(spa.step, "rewrite", shifted)
+
+
+def test_equivalence_check_catches_a_rewrite_of_other_channels(monkeypatch):
+    _shift_rewrites(monkeypatch, {1})
     with pytest.raises(SpaError, match="differs from the zeroed model"):
-        spa.prune(duplicate_model(), 0.25, "l2", round_to=1)
+        spa.prune(duplicate_model(), 0.25, criterion="l2", round_to=1)
+
+
+def test_every_step_is_checked(monkeypatch):
+    """A wrong cut in step 1 of 2 is caught, not only one in the last step."""
+    _shift_rewrites(monkeypatch, {1})
+    with pytest.raises(SpaError, match="differs from the zeroed model"):
+        spa.prune(stacked_model(), 0.5, criterion="l2", round_to=1, steps=2)
 
 
 # -- 10. generated CNNs ---------------------------------------------------------------------------
@@ -671,7 +687,7 @@ def test_data_criteria_on_generated_graphs(model, criterion, seed):
     measure loses as many channels as with l2 (the count depends on the ratio only)."""
     calibration = synthetic_calibration(model, samples=4, seed=seed)
     try:
-        result = spa.prune(model, 0.5, criterion, round_to=1, calib=calibration, seed=seed)
+        result = spa.prune(model, 0.5, criterion=criterion, round_to=1, calib=calibration, seed=seed)
     except SpaError as error:  # e.g. the only group is read by a depthwise conv: not measurable
         assert "can score none" in str(error)
         event("no group measurable")
@@ -683,7 +699,7 @@ def test_data_criteria_on_generated_graphs(model, criterion, seed):
         assert got.shape == want.shape
         assert np.isfinite(got).all()
     assert result.report["calibration"]["samples"] == 4
-    magnitude = spa.prune(model, 0.5, "l2", round_to=1, verify=False)
+    magnitude = spa.prune(model, 0.5, criterion="l2", round_to=1, verify=False)
     for ours, theirs in zip(result.report["groups"], magnitude.report["groups"]):
         if ours["prunable"]:
             assert len(ours["removed"]) == len(theirs["removed"]), (ours, theirs)
@@ -762,7 +778,7 @@ def test_data_criteria_measure_through_depthwise_convs():
     """An inverted residual's expanded channels pass a depthwise conv on the way to the
     1x1 projection: the projection measures them, the depthwise conv is channel-wise."""
     model = Path(__file__).resolve().parent.parent / "models" / "trained" / "digits_mobilenet.onnx"
-    result = spa.api.prune(model, 0.5, "obs", round_to=1,
+    result = spa.api.prune(model, 0.5, criterion="obs", round_to=1,
                            calib_samples=16, verify=False)
     prunable = [g for g in result.report["groups"] if g["reason"] is None]
     assert len(prunable) == 6

@@ -135,7 +135,7 @@ def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_sample
     log(call)
     try:
         start = time.perf_counter()
-        result = prune(TRAINED / f"{name}.onnx", cell.ratio or 0.0, cell.criterion, **options)
+        result = prune(TRAINED / f"{name}.onnx", cell.ratio or 0.0, criterion=cell.criterion, **options)
         cell.seconds = time.perf_counter() - start
         cell.accuracy = accuracy(result.model, split)
     except SpaError as error:

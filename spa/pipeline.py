@@ -1,0 +1,124 @@
+"""The pipeline: load -> analyze -> score -> select -> rewrite -> verify, in `steps`
+rounds (spa.step), each checked, then written and reported."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from spa.analyze import Analysis
+from spa.calibrate.sources import Calibration
+from spa.criteria.score import Scores
+from spa.errors import SpaError
+from spa.io.load import Loaded, input_files
+from spa.io.save import check_outputs, save_model, write_json
+from spa.metrics import summarize
+from spa.plan import Plan
+from spa.report import build_report
+from spa.step import prune_once
+from spa.verify import Reference, reference_run, verify_equivalent, verify_pruned
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    analysis: Analysis
+    removed: dict[int, list[int]]  # group id -> removed channel indices
+    report: dict = field(default_factory=dict)
+    written: Path | None = None  # where the model was written, if it was
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(len(channels) for channels in self.removed.values())
+
+
+@dataclass
+class Outputs:
+    model: Path | None = None  # where the pruned model goes (None: returned only)
+    report: Path | None = None  # where the JSON report goes
+    write_unchanged: bool = True  # write even when nothing is prunable
+
+
+def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Outputs, verify: bool = True,
+        seed: int = 0) -> PruneResult:
+    """Prune `loaded` as `plan` says, check the result, write it where `outputs` says."""
+    protected = input_files(loaded)
+    check_outputs(protected, {"output": outputs.model, "report": outputs.report})
+    if loaded.external and verify and outputs.model is None:
+        raise SpaError("a model with external data is checked as it is written: pass output=PATH")
+    reference = reference_run(loaded, calibration, seed) if verify else None
+    feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
+    pruned, done, history = _steps(loaded, plan, calibration, reference, feeds)
+    summary = build_report(done.first, done.removed, done.scores, loaded.model, pruned, plan, calibration,
+                           history, feeds)
+    result = PruneResult(pruned, done.first, done.removed, summary)
+    prunable = done.first.prunable_groups(plan.include_inexact, plan.targets)
+    if outputs.model is not None and (outputs.write_unchanged or prunable):
+        check = (lambda path: verify_pruned(reference, path)) if verify else None
+        summary["max_output_difference"] = save_model(pruned, outputs.model, loaded.external, loaded.base_dir,
+                                                      check, protected)
+        result.written = outputs.model
+    elif outputs.model is None and verify:
+        summary["max_output_difference"] = verify_pruned(reference, pruned)
+    if outputs.report is not None:
+        write_json(outputs.report, summary)
+    return result
+
+
+def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, reference: Reference | None,
+           feeds: dict | None) -> tuple[onnx.ModelProto, "_StepsDone", list[dict]]:
+    """Every step pruned and checked: a wrong cut in step 1 must not pass."""
+    current, history, done = loaded, [], None
+    for step in range(1, plan.steps + 1):
+        step_plan = _step_plan(plan, step, plan.steps, loaded.model, current.model, feeds)
+        pruned, analysis, removed, scores, masked = prune_once(current, step_plan, calibration,
+                                                               reference is not None, feeds)
+        if masked is not None:
+            verify_equivalent(masked, pruned, reference.feeds)
+        history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
+                        "channels_removed": sum(map(len, removed.values()))})
+        done = done or _StepsDone(analysis)
+        done.add(analysis, removed, scores)
+        current = Loaded(pruned, loaded.base_dir, None)
+    return pruned, done, history
+
+
+class _StepsDone:
+    """What all steps removed, in the input model's channel indices: each step's analysis
+    sees the groups of the model the previous step left, with the same ids."""
+
+    def __init__(self, first: Analysis) -> None:
+        self.first = first
+        self.positions = {g.id: list(range(g.size)) for g in first.groups}  # step channel -> input channel
+        self.removed: dict[int, list[int]] = {}
+        self.scores = Scores({}, {})
+
+    def add(self, analysis: Analysis, removed: dict[int, list[int]], scores: Scores) -> None:
+        for group in analysis.groups:
+            if len(self.positions.get(group.id, ())) != group.size:
+                raise SpaError(f"internal error: group {group.id} changed between steps; use --steps 1")
+        for gid, values in scores.values.items():
+            mapped = np.full(len(self.positions[gid]) + len(self.removed.get(gid, [])), np.nan)
+            mapped[self.positions[gid]] = values
+            self.scores.values[gid] = mapped
+        self.scores.unscored.update(scores.unscored)
+        for gid, channels in removed.items():
+            positions = self.positions[gid]
+            self.removed[gid] = sorted(self.removed.get(gid, []) + [positions[c] for c in channels])
+            gone = set(channels)
+            self.positions[gid] = [p for c, p in enumerate(positions) if c not in gone]
+
+
+def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, current: onnx.ModelProto,
+               feeds: dict | None) -> Plan:
+    """Step k of n reaches k/n of the way: the ratio of what is left now, or the target
+    relative to the current model."""
+    if plan.target is None:
+        done, goal = plan.selection.ratio * (step - 1) / steps, plan.selection.ratio * step / steps
+        return replace(plan, selection=replace(plan.selection, ratio=1 - (1 - goal) / (1 - done)))
+    metric, fraction = plan.target
+    goal = 1 - (1 - fraction) * step / steps
+    now = summarize(current, feeds=feeds)[metric] / max(summarize(original, feeds=feeds)[metric], 1)
+    return replace(plan, target=(metric, min(1.0, goal / now)))

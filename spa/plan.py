@@ -1,0 +1,43 @@
+"""What one prune call asks for, besides the model and where results go: small option
+groups the API builds from its keywords and every stage reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spa.analyze import DEFAULT_TARGETS, KINDS
+from spa.criteria.score import Scoring
+from spa.errors import SpaError
+from spa.select import Selection
+
+
+@dataclass
+class Plan:
+    scoring: Scoring  # which criterion, how member scores combine
+    selection: Selection  # how many channels go: ratio, scope, rounding
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # kinds of groups to prune
+    include_inexact: bool = False
+    ignore: tuple[str, ...] = ()  # nodes and initializers to keep whole
+    target: tuple[str, float] | None = None  # ("macs" | "params", fraction of the original)
+    correct_stats: bool = False
+    steps: int = 1
+
+    def check(self) -> None:
+        self.scoring.check()
+        self.selection.check()
+        if self.steps < 1:
+            raise SpaError(f"--steps must be at least 1, got {self.steps}")
+        unknown_targets = set(self.targets) - set(KINDS)
+        if unknown_targets:
+            raise SpaError(f"unknown target {sorted(unknown_targets)[0]!r} (choose from {', '.join(KINDS)})")
+
+
+def target_goal(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
+    """("macs" | "params", fraction), from at most one of the two."""
+    if target_macs is not None and target_params is not None:
+        raise SpaError("give --target-macs or --target-params, not both")
+    for name, value in (("macs", target_macs), ("params", target_params)):
+        if value is not None:
+            if not 0 < value <= 1:
+                raise SpaError(f"--target-{name} must be a fraction in (0, 1], got {value}")
+            return name, value
+    return None
