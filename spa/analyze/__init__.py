@@ -9,7 +9,8 @@ from spa.analyze.context import AnalysisState, NodeContext, static_dim
 from spa.analyze.groups import KINDS, Group, Member, build_groups
 from spa.analyze import ops  # noqa: F401 - the op modules register their rules and rewrite hooks
 from spa.analyze.registry import rule_for, unknown
-from spa.analyze.shapes import check_shape_uses, trace_shape_values
+from spa.analyze.shape_uses import check_shape_uses
+from spa.analyze.shapes import trace_shape_values
 
 __all__ = ["DEFAULT_TARGETS", "KINDS", "Analysis", "Group", "Member", "analyze"]
 DEFAULT_TARGETS = ("channels", "heads", "mlp")  # every kind whose removal is exact

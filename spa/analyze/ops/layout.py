@@ -9,7 +9,8 @@ import onnx_graphsurgeon as gs
 from spa.analyze.context import AxisLabels, NodeContext, RewriteContext, static_dim
 from spa.analyze.ops.elementwise import axis_size
 from spa.analyze.reshape import flatten_shape, reshape_axes
-from spa.analyze.shapes import Const, dim_labels, follows, freezable, keeps_meaning, shape_concat
+from spa.analyze.shape_uses import dim_labels, follows, freezable, keeps_meaning, shape_concat
+from spa.analyze.shapes import Const
 from spa.analyze.registry import rewrite_hook, rule, unknown
 
 
