@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from hypothesis import strategies as st
-
 from graphgen import Draw, GraphBuilder, he_scale, tensor_info
+from hypothesis import strategies as st
 
 GELU_OPSET = 20  # Gelu is not an ONNX op before opset 20
 GELU_IR_VERSION = 9

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from graphgen import GraphBuilder, he_scale, tensor_info
+from onnx import TensorProto, helper, numpy_helper
 
 IMAGE = [1, 3, 8, 8]
 

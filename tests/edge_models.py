@@ -5,7 +5,6 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx
-
 from graphgen import GraphBuilder, he_scale, tensor_info
 
 IMAGE = [1, 3, 8, 8]

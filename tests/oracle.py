@@ -8,8 +8,8 @@ import onnx
 from onnx import helper
 
 from spa import oracle as spa_oracle
-from spa.oracle import choose_channels, zero_channels  # noqa: F401 - re-exported for the tests
 from spa.io.runtime import session
+from spa.oracle import choose_channels, zero_channels  # noqa: F401 - re-exported for the tests
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -1,13 +1,11 @@
 """The dependency analysis: which slices belong together, and why groups are kept."""
-from pathlib import Path
 
 import onnx
 import pytest
-
-import spa
+from conftest import MODELS
 from edge_models import EDGE_MODELS
 
-MODELS = Path(__file__).parent.parent / "models"
+import spa
 
 
 def _groups(model) -> list[dict]:

@@ -1,12 +1,12 @@
 """Generated attention blocks: valid ONNX, heads found by the analysis, exact pruning."""
 import numpy as np
 import onnx
-from hypothesis import assume, HealthCheck, given, note, settings
+from attngen import attention_models
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
+from oracle import check_oracle, random_feeds, run
 
 import spa
-from attngen import attention_models
-from oracle import check_oracle, random_feeds, run
 
 
 @settings(max_examples=30, deadline=None)

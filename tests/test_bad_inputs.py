@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import bad_models
 import numpy as np
 import onnx
 import pytest
-
-import bad_models
-import spa
+from conftest import MODELS
 from oracle import run
+
+import spa
 from spa.io.inputs import make_inputs
 
-MODELS = Path(__file__).parent.parent / "models"
 RESNET = MODELS / "resnet_basic.onnx"
 SPA = [sys.executable, "-m", "spa.cli"]
 

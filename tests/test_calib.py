@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.calibrate import sources as calib
 from spa.calibrate.sources import load_calibration, progress, synthetic_calibration
 from spa.errors import SpaError
 
-MODELS = Path(__file__).parent.parent / "models"
 DIGITS = MODELS / "trained" / "digits_data.npz"
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-
+from conftest import MODELS
 from edge_models import nothing_prunable
-from spa.cli import main
 
-MODELS = Path(__file__).parent.parent / "models"
+from spa.cli import main
 
 
 @pytest.fixture

@@ -1,14 +1,14 @@
 """Every shipped fixture at ratio 0.4: valid, runs, same interface, smaller as promised."""
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-
-import spa
+from conftest import MODELS
 from oracle import random_feeds, run
 
-FIXTURES = sorted((Path(__file__).parent.parent / "models").glob("*.onnx"), key=lambda p: p.name)
+import spa
+
+FIXTURES = sorted(MODELS.glob("*.onnx"), key=lambda p: p.name)
 RATIO = 0.4
 
 

@@ -8,15 +8,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import oracle
 import pytest
+from edge_models import EDGE_MODELS, reshape_dynamic_shape_chain
+from graphgen import BLOCKS, HEADS, GraphBuilder, cnn_models, tensor_info
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-import oracle
 from spa import oracle as spa_oracle
-from edge_models import EDGE_MODELS, reshape_dynamic_shape_chain
-from graphgen import BLOCKS, HEADS, GraphBuilder, cnn_models, tensor_info
 
 
 def _assert_valid(model: onnx.ModelProto) -> None:

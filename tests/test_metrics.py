@@ -5,7 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from spa.metrics import count_macs, count_params, model_size_bytes, node_counts, summarize
+from spa.metrics import (
+    count_macs,
+    count_params,
+    model_size_bytes,
+    node_counts,
+    summarize,
+)
 
 
 def weight(name: str, *shape: int) -> TensorProto:

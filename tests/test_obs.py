@@ -2,9 +2,18 @@
 import numpy as np
 import pytest
 
+from spa.criteria.obs import (
+    Layer,
+    damped,
+    greedy_gains,
+    greedy_keep,
+    inverse_hessian,
+    least_squares,
+    obs_costs,
+    obs_prune,
+    remove_channels,
+)
 from spa.errors import SpaError
-from spa.criteria.obs import (Layer, damped, greedy_gains, greedy_keep, inverse_hessian, least_squares,
-                     obs_costs, obs_prune, remove_channels)
 
 SAMPLES = 500
 

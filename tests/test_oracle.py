@@ -1,14 +1,14 @@
 """The central oracle: pruning zeroed channels gives exactly the zeroed model's outputs."""
-from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
+from conftest import MODELS
 from edge_models import EDGE_MODELS
 from graphgen import cnn_models
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oracle import check_oracle
 
-FIXTURES = sorted(Path(__file__).parent.parent.joinpath("models").glob("*.onnx"))
+FIXTURES = sorted(MODELS.glob("*.onnx"))
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)

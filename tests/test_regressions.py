@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import REGRESSION, ROOT
 
 import spa
 import spa.api
 
-ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import corpus_check  # noqa: E402
 
-REGRESSION = ROOT / "models" / "regression"
 RATIO = 0.5
 
 

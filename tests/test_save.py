@@ -3,8 +3,8 @@ import re
 
 import onnx
 import pytest
-
 from edge_models import conv_transpose
+
 from spa.errors import SpaError
 from spa.io.save import check_writable, save_model
 

@@ -1,6 +1,7 @@
 """How many channels a group keeps."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spa.select import kept_count
 
@@ -36,6 +37,7 @@ def test_global_ranking_weighs_channels_by_width():
     half the width (64) is 3 heads (a group keeps one) and 16 channels; counting channels
     instead of columns would take 3 heads and 61 channels."""
     import numpy as np
+
     from spa.select import Selection, removal_counts
     heads, channels = _group(0, 4, 16), _group(1, 64, 1)
     scores = {0: np.ones(4), 1: np.ones(64)}

@@ -6,11 +6,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from edge_models import (
+    reshape_dynamic_size_of_other_tensor,
+    reshape_static_size_also_read,
+    reshape_static_size_of_other_tensor,
+)
+from oracle import check_oracle, choose_channels, run, zero_channels
 
 import spa
-from edge_models import (reshape_dynamic_size_of_other_tensor, reshape_static_size_also_read,
-                         reshape_static_size_of_other_tensor)
-from oracle import check_oracle, choose_channels, run, zero_channels
 
 TRANSFORMER = Path(__file__).parent.parent / "models" / "trained" / "digits_transformer.onnx"
 BATCHES = (1, 3, 7)

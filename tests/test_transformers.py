@@ -4,12 +4,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import TRANSFORMERS
+from oracle import check_oracle, run
 
 import spa
-from oracle import check_oracle, run
 from spa.io.inputs import make_inputs
 
-MODELS = sorted((Path(__file__).parent.parent / "models" / "transformers").glob("*.onnx"))
+MODELS = sorted(TRANSFORMERS.glob("*.onnx"))
 DYNAMIC = [p for p in MODELS if "dynamic" in p.stem]
 # model family -> (attention layers, heads per group, query heads per group)
 HEADS = {"bert_tiny": (2, 4, 1), "vit_tiny": (2, 4, 1), "gpt2_tiny": (2, 4, 1), "llama_tiny": (2, 2, 2)}
