@@ -103,3 +103,33 @@ def test_correction_of_dense_layers(tmp_path, layout):
     np.testing.assert_allclose(std1, std0, rtol=1e-3)
     plain = spa.prune(model, 0.5, criterion="l2", round_to=1, calib=calibration_file(tmp_path, data), correct_stats=False)
     assert np.abs(channel_moments(output(plain.model, data), axis=-1)[0] - mean0).max() > 0.05 * std0.max()
+
+
+def test_std_ratio_is_clipped_and_ignores_dead_channels():
+    from spa.repair.correct import RATIO_LIMITS, _std_ratio
+    before = np.array([1.0, 1.0, 1.0, 0.0, 1.0])
+    after = np.array([4.0, 0.0001, 1e6, 1.0, 0.0])  # x2, /100 (clipped), x1000 (clipped), dead before, dead after
+    ratio = _std_ratio(before, after)
+    assert ratio.tolist() == [2.0, RATIO_LIMITS[0], RATIO_LIMITS[1], 1.0, 1.0]
+
+
+def test_batchnorm_restore_maps_the_new_distribution_onto_the_old():
+    """With running statistics rewritten, BatchNorm of the shifted, rescaled input equals
+    BatchNorm (old statistics) of the original input, channel by channel."""
+    import onnx_graphsurgeon as gs
+
+    from spa.repair.correct import _restore_batchnorm
+    rng = np.random.default_rng(30)
+    mean, var, eps = rng.normal(size=4), rng.uniform(0.5, 2, 4), 1e-5
+    mu0, s0 = rng.normal(size=4), rng.uniform(0.5, 2, 4)
+    mu1, s1 = rng.normal(size=4), rng.uniform(0.5, 2, 4)
+    x0 = rng.normal(size=(1000, 4)) * s0 + mu0
+    x1 = (x0 - mu0) / s0 * s1 + mu1
+    tensors = [gs.Constant(n, v.astype(np.float32)) for n, v in (("scale", np.ones(4)), ("bias", np.zeros(4)),
+                                                                   ("mean", mean), ("var", var))]
+    node = gs.Node("BatchNormalization", "bn", {"epsilon": eps}, [gs.Variable("x")] + tensors, [gs.Variable("y")])
+    _restore_batchnorm(node, mu0, mu1, s1 / s0, np.arange(4))
+    new_mean, new_var = (np.asarray(t.values, np.float64) for t in tensors[2:])
+    before = (x0 - mean) / np.sqrt(var + eps)
+    after = (x1 - new_mean) / np.sqrt(new_var + eps)
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
