@@ -5,6 +5,7 @@ Keys are the op's name in the default ONNX domain and "domain:Op" in others
 keeps every channel it touches."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import onnx_graphsurgeon as gs
@@ -28,10 +29,23 @@ def _registrar(table: dict, what: str, ops: tuple[str, ...]) -> Callable:
     return register
 
 
-def rule(*ops: str) -> Callable[[Rule], Rule]:
+def rule(*ops: str, known: tuple[int, ...] = ()) -> Callable[[Rule], Rule]:
     """Register the analysis rule of op types ("Conv", "com.microsoft:Attention"); a second
-    rule for one op type is a programming error."""
-    return _registrar(RULES, "rule", ops)
+    rule for one op type is a programming error. The inputs in `known` must have a known
+    rank: where one does not, the node goes to `unknown` and the rule never runs."""
+    def register(function: Rule) -> Rule:
+        checked = _requiring(function, known) if known else function
+        return _registrar(RULES, "rule", ops)(checked)
+    return register
+
+
+def _requiring(function: Rule, known: tuple[int, ...]) -> Rule:
+    @functools.wraps(function)
+    def checked(ctx: NodeContext) -> None:
+        if any(not ctx.has_input(i) or ctx.state.labels_of(ctx.tensor(i)) is None for i in known):
+            return unknown(ctx)
+        return function(ctx)
+    return checked
 
 
 def rewrite_hook(*ops: str) -> Callable[[Hook], Hook]:

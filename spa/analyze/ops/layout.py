@@ -14,11 +14,9 @@ from spa.analyze.shapes import Const
 from spa.analyze.registry import rewrite_hook, rule, unknown
 
 
-@rule("Transpose")
+@rule("Transpose", known=(0,))
 def Transpose(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     perm = ctx.attr("perm", list(reversed(range(len(x)))))
     ctx.set_output(0, [x[p] for p in perm])
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 
 from spa.analyze.context import AxisLabels, NodeContext
-from spa.analyze.registry import rule, unknown
+from spa.analyze.registry import rule
 
 
-@rule("BatchNormalization")
+@rule("BatchNormalization", known=(0,))
 def BatchNormalization(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     for index in range(1, 5):
         ctx.unify(x[1], ctx.axis(index, 0))
     ctx.state.statistics.update(ctx.tensor(i).name for i in (3, 4))
@@ -23,22 +21,18 @@ def BatchNormalization(ctx: NodeContext) -> None:
     ctx.set_output(0, x)
 
 
-@rule("InstanceNormalization")
+@rule("InstanceNormalization", known=(0,))
 def InstanceNormalization(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     ctx.fix_all(x[2:], f"spatial axis of {ctx.where()}")
     for index in (1, 2):
         ctx.unify(x[1], ctx.axis(index, 0))
     ctx.set_output(0, [x[0], x[1]] + [None] * (len(x) - 2))
 
 
-@rule("LayerNormalization")
+@rule("LayerNormalization", known=(0,))
 def LayerNormalization(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     first = ctx.attr("axis", -1) % len(x)
     for labels in x[first:]:
         ctx.inexact(labels, f"normalized by {ctx.where()}")
@@ -59,20 +53,16 @@ def trailing_parameter(ctx: NodeContext, index: int, target: AxisLabels) -> None
             ctx.unify(target[k], labels)
 
 
-@rule("LRN")
+@rule("LRN", known=(0,))
 def LRN(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     ctx.inexact(x[1], f"{ctx.where()} normalizes across channels")
     ctx.set_output(0, x)
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax")
+@rule("Softmax", "LogSoftmax", "Hardmax", known=(0,))
 def Softmax(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     opset = ctx.state.opset
     axis = ctx.attr("axis", -1 if opset >= 13 else 1) % len(x)
     mixed = x[axis:] if opset < 13 else [x[axis]]

@@ -43,11 +43,9 @@ def _concat_labels(ctx: NodeContext, inputs: list[AxisLabels], axis: int):
     return np.concatenate(pieces)
 
 
-@rule("Split")
+@rule("Split", known=(0,))
 def Split(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     axis = ctx.attr("axis", 0) % len(x)
     sizes = _split_sizes(ctx, x, axis)
     if sizes is None:

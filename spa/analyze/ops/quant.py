@@ -136,12 +136,10 @@ def QGemm(ctx: NodeContext) -> None:
     Gemm(ctx.view([0, 3, 6]))
 
 
-@rule("DynamicQuantizeLinear")
+@rule("DynamicQuantizeLinear", known=(0,))
 def DynamicQuantizeLinear(ctx: NodeContext) -> None:
     """y, y_scale, y_zero_point from x's own range: a zeroed channel's 0 is always in the range."""
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     ctx.set_output(0, x)
     for index in (1, 2):
         ctx.set_output(index, [])

@@ -8,11 +8,9 @@ from spa.analyze.context import AxisLabels, NodeContext
 from spa.analyze.registry import rule, unknown
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", known=(0,))
 def pool(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     ctx.fix_all(x[2:], f"spatial axis of {ctx.where()}")
     if len(ctx.node.outputs) > 1 and ctx.node.outputs[1].outputs:
         ctx.fix(x[1], f"{ctx.where()} returns indices that count channels")
@@ -51,11 +49,9 @@ def _reduced_axes(ctx: NodeContext, x: AxisLabels | None) -> set[int] | None:
     return {int(a) % len(x) for a in np.ravel(axes)}
 
 
-@rule("ArgMax", "ArgMin")
+@rule("ArgMax", "ArgMin", known=(0,))
 def ArgMax(ctx: NodeContext) -> None:
     x = ctx.axes(0)
-    if x is None:
-        return unknown(ctx)
     axis = ctx.attr("axis", 0) % len(x)
     ctx.fix(x[axis], f"{ctx.where()} returns positions along this axis")
     keep = ctx.attr("keepdims", 1)
