@@ -11,9 +11,19 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.analyze.context import AnalysisState
+from spa.analyze.context import AnalysisState, static_dim
 from spa.analyze.labels import Labels
-from spa.analyze.shapes import PLUMBING, Const, Dim, Either, Elem, Opaque, Product, deps_of, scaled, static
+from spa.analyze.shapes import (
+    PLUMBING,
+    Const,
+    Dim,
+    Either,
+    Elem,
+    Opaque,
+    Product,
+    deps_of,
+    scaled,
+)
 
 
 def same_channels(state: AnalysisState, a: Labels | None, b: Labels | None, scale: int = 1) -> bool:
@@ -115,7 +125,7 @@ def freezable(state: AnalysisState, node: gs.Node, elem: Elem, k: int) -> bool:
     stay traced (even where onnxruntime's auto-merge made them static)."""
     out = node.outputs[0].shape
     return (isinstance(elem, Dim) and dim_labels(state, elem) is not None and out is not None
-            and k < len(out) and static(out[k]) == elem.value)
+            and k < len(out) and static_dim(out[k]) == elem.value)
 
 
 def keeps_meaning(node: gs.Node, elem: Elem, k: int, in_axes, out_labels, state) -> bool:
@@ -164,7 +174,7 @@ def shape_concat(tensor: gs.Tensor) -> tuple[gs.Node | None, list[gs.Node]]:
 def _piece_size(tensor: gs.Tensor) -> int | None:
     if tensor.shape is None or len(tensor.shape) > 1:
         return None
-    return 1 if len(tensor.shape) == 0 else static(tensor.shape[0])
+    return 1 if len(tensor.shape) == 0 else static_dim(tensor.shape[0])
 
 
 def _is_constant_piece(tensor: gs.Tensor) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.analyze.context import static_dim
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _trace_shape(node: gs.Node) -> Values | None:
     rank = len(tensor.shape)
     start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
     axes = range(rank)[slice(start, end)]
-    return _array([Dim(tensor.name, a, static(tensor.shape[a])) for a in axes], (len(axes),))
+    return _array([Dim(tensor.name, a, static_dim(tensor.shape[a])) for a in axes], (len(axes),))
 
 
 def _trace_slice(x: Values, params: list) -> Values | None:
@@ -280,6 +281,3 @@ def _apply(op: str, a: int, b: int) -> int:
         return a % b if b else 0
     return {"Add": a + b, "Sub": a - b, "Mul": a * b, "Equal": int(a == b), "Max": max(a, b), "Min": min(a, b)}[op]
 
-
-def static(dim) -> int | None:
-    return int(dim) if isinstance(dim, (int, np.integer)) else None

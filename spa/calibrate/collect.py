@@ -9,10 +9,12 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
+import onnx
 import onnxruntime as ort
 
 from spa.calibrate.sources import Calibration, progress
 from spa.errors import SpaError, first_line
+from spa.io.runtime import session
 
 Accumulator = Callable[[np.ndarray], None]
 
@@ -89,24 +91,17 @@ def collect(graph: gs.Graph, calibration: Calibration, accumulators: dict[str, l
 
 
 def _session(graph: gs.Graph, names: list[str], ir_version: int) -> ort.InferenceSession:
-    """A session whose outputs are the requested tensors."""
+    """A session whose outputs are the requested tensors (the graph itself is left as it was)."""
     tensors = graph.tensors()
     saved = graph.outputs
-    outputs = []
-    for name in names:
-        tensor = tensors[name]
-        if tensor.dtype is None:
-            tensor.dtype = np.float32
-        outputs.append(tensor)
-    graph.outputs = outputs
+    graph.outputs = [tensors[name] for name in names]
     try:
         model = gs.export_onnx(graph, do_type_check=False)
     finally:
         graph.outputs = saved
     for value in model.graph.output:  # shapes of intermediate tensors may be stale: let ORT decide
         value.type.tensor_type.ClearField("shape")
+        if not value.type.tensor_type.elem_type:  # an intermediate tensor inference gave no type
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     model.ir_version = ir_version
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session(model)

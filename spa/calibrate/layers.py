@@ -48,11 +48,11 @@ class LinearLayer:
 
     @property
     def weight_output_axis(self) -> int:
-        return {"Conv": 0, "MatMul": 1}.get(self.node.op, 0 if self.node.attrs.get("transB", 0) else 1)
+        return weight_axes(self.node)[0]
 
     @property
     def weight_input_axis(self) -> int:
-        return {"Conv": 1, "MatMul": 0}.get(self.node.op, 1 if self.node.attrs.get("transB", 0) else 0)
+        return weight_axes(self.node)[1]
 
     def matrix(self) -> np.ndarray:
         """[out, features (+1 for the bias)] in float64, the bias last."""
@@ -173,10 +173,10 @@ def _as_layer(nodes: list[gs.Node], member: Member) -> tuple[LinearLayer | None,
     if op == "Conv" and node.inputs[1].name == name and member.axis == 1 and node.attrs.get("group", 1) == 1:
         return LinearLayer(node, node.inputs[1], _bias_input(node, 2), node.outputs[0]), None
     if op == "Gemm" and node.inputs[1].name == name and not node.attrs.get("transA", 0) \
-            and member.axis == (1 if node.attrs.get("transB", 0) else 0):
+            and member.axis == weight_axes(node)[1]:
         return LinearLayer(node, node.inputs[1], _bias_input(node, 2), node.outputs[0]), None
     if op == "MatMul" and node.inputs[1].name == name and member.rank == 2 and member.axis == 0:
-        bias, output = _following_bias(node)
+        bias, output = following_bias(node)
         return LinearLayer(node, node.inputs[1], bias, output), None
     if op in ("Conv", "Gemm", "MatMul"):
         return None, f"{op} '{node.name}' reads '{name}' in a layout spa does not measure"
@@ -186,13 +186,22 @@ def _as_layer(nodes: list[gs.Node], member: Member) -> tuple[LinearLayer | None,
 def _bias_input(node: gs.Node, index: int) -> gs.Constant | None:
     """The bias initializer, if it holds one value per output (a broadcast scalar does not)."""
     tensor = node.inputs[index] if len(node.inputs) > index else None
-    outputs = node.inputs[1].shape[0 if node.op == "Conv" or node.attrs.get("transB", 0) else 1]
+    outputs = node.inputs[1].shape[weight_axes(node)[0]]
     if isinstance(tensor, gs.Constant) and math.prod(tensor.shape) == outputs:
         return tensor
     return None
 
 
-def _following_bias(node: gs.Node) -> tuple[gs.Constant | None, gs.Variable]:
+def weight_axes(node: gs.Node) -> tuple[int, int]:
+    """(output axis, input axis) of the weight (input 1) of a Conv, Gemm or MatMul."""
+    if node.op == "Conv":
+        return 0, 1
+    if node.op == "Gemm" and node.attrs.get("transB", 0):
+        return 0, 1
+    return 1, 0
+
+
+def following_bias(node: gs.Node) -> tuple[gs.Constant | None, gs.Variable]:
     """A MatMul's bias is a 1-D initializer added right after it, when nothing else reads
     the product."""
     product = node.outputs[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.calibrate.layers import following_bias, weight_axes
 from spa.io.load import read_values
 
 PREFIX = "spa_bias_"
@@ -24,8 +25,8 @@ def add_zero_biases(graph: gs.Graph) -> list[str]:
         if node.op == "Conv" and len(node.inputs) == 2:
             added.append(_append(node, weight.shape[0]))
         elif node.op == "Gemm" and len(node.inputs) == 2 and not node.attrs.get("transA", 0):
-            added.append(_append(node, weight.shape[0 if node.attrs.get("transB", 0) else 1]))
-        elif node.op == "MatMul" and len(weight.shape) == 2 and not _has_bias_add(node):
+            added.append(_append(node, weight.shape[weight_axes(node)[0]]))
+        elif node.op == "MatMul" and len(weight.shape) == 2 and following_bias(node)[0] is None:
             added.append(_insert_add(graph, node, weight.shape[1]))
     if added:
         graph.toposort()
@@ -41,13 +42,6 @@ def _append(node: gs.Node, size: int) -> str:
     bias = _zeros(node, size)
     node.inputs.append(bias)
     return bias.name
-
-
-def _has_bias_add(node: gs.Node) -> bool:
-    consumers = node.outputs[0].outputs
-    outputs = node.inputs[1].shape[-1]
-    return len(consumers) == 1 and consumers[0].op == "Add" and any(
-        isinstance(t, gs.Constant) and tuple(t.shape) == (outputs,) for t in consumers[0].inputs)
 
 
 def _insert_add(graph: gs.Graph, node: gs.Node, size: int) -> str:
