@@ -69,12 +69,12 @@ def _slice(member: Member, channel: int, ndim: int) -> tuple:
 
 
 def _in_graph_order(graph: gs.Graph, groups: list[Group]) -> list[Group]:
-    """By the first node reading any of the group's weights: upstream groups first."""
-    first: dict[str, int] = {}
-    for position, node in enumerate(graph.nodes):
-        for tensor in node.inputs:
-            first.setdefault(tensor.name, position)
-    return sorted(groups, key=lambda g: min((first.get(m.initializer, 0) for m in g.members), default=0))
+    """By the first node making the group's channels: upstream groups first. (Not by the
+    first reader of any member weight: an exporter's alias of a bias can sit at the top of
+    the graph.)"""
+    position = {node.name: index for index, node in enumerate(graph.nodes)}
+    return sorted(groups, key=lambda g: min((position.get(name, len(position)) for name in g.makers),
+                                            default=len(position)))
 
 
 def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring, calibration: Calibration | None,
