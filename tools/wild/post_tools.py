@@ -174,7 +174,17 @@ def base_vit() -> Path:
     model = ViTForImageClassification(config).eval()
     _randomize(model, seed=3)
 
-    class Wrapper(torch.nn.Module):
+    path = WORK / "vit.onnx"
+    torch.onnx.export(_image_logits(model), (torch.from_numpy(_image()),), str(path), input_names=["pixel_values"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    return path
+
+
+def _image_logits(model):
+    """The model as pixel_values -> logits (transformers models return an output object)."""
+    torch = _torch()
+
+    class ImageLogits(torch.nn.Module):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
@@ -182,10 +192,7 @@ def base_vit() -> Path:
         def forward(self, pixel_values):
             return self.inner(pixel_values=pixel_values).logits
 
-    path = WORK / "vit.onnx"
-    torch.onnx.export(Wrapper(model), (torch.from_numpy(_image()),), str(path), input_names=["pixel_values"],
-                      output_names=["logits"], opset_version=17, dynamo=False)
-    return path
+    return ImageLogits(model)
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,16 +213,8 @@ def base_cnn(arch: str, opset: int = 17) -> Path:
         size = 96
     _randomize(model, seed=4)
 
-    class Wrapper(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values):
-            return self.inner(pixel_values=pixel_values).logits
-
     path = WORK / f"{arch}_op{opset}.onnx"
-    torch.onnx.export(Wrapper(model), (torch.from_numpy(_image(size)),), str(path), input_names=["pixel_values"],
+    torch.onnx.export(_image_logits(model), (torch.from_numpy(_image(size)),), str(path), input_names=["pixel_values"],
                       output_names=["logits"], opset_version=opset, dynamo=False)
     return path
 
