@@ -50,39 +50,41 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     reference = reference_run(loaded, calibration, seed) if verify else None
     feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
-    pruned, done, history = _steps(loaded, plan, calibration, reference, feeds)
+    pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds)
+    zeroed = (masked, pruned) if masked is not None else None  # checked on the run of the result below
     summary = build_report(done.first, done.removed, done.scores, loaded.model, pruned, plan, calibration,
                            history, feeds)
     result = PruneResult(pruned, done.first, done.removed, summary)
     prunable = done.first.prunable_groups(plan.include_inexact, plan.targets)
     if outputs.model is not None and (outputs.write_unchanged or prunable):
-        check = (lambda path: verify_pruned(reference, path)) if verify else None
+        check = (lambda path: verify_pruned(reference, path, zeroed)) if verify else None
         summary["max_output_difference"] = save_model(pruned, outputs.model, loaded.external, loaded.base_dir,
                                                       check, protected)
         result.written = outputs.model
-    elif outputs.model is None and verify:
-        summary["max_output_difference"] = verify_pruned(reference, pruned)
+    elif verify:
+        summary["max_output_difference"] = verify_pruned(reference, pruned, zeroed)
     if outputs.report is not None:
         write_json(outputs.report, summary)
     return result
 
 
 def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, reference: Reference | None,
-           feeds: dict | None) -> tuple[onnx.ModelProto, "_StepsDone", list[dict]]:
-    """Every step pruned and checked: a wrong cut in step 1 must not pass."""
-    current, history, done = loaded, [], None
+           feeds: dict | None) -> tuple[onnx.ModelProto, "_StepsDone", list[dict], onnx.ModelProto | None]:
+    """Every step pruned and checked: a wrong cut in step 1 must not pass. The last step's
+    zeroed model is returned, to check against the result's own run."""
+    current, history, done, masked = loaded, [], None, None
     for step in range(1, plan.steps + 1):
+        if masked is not None:  # the previous step's
+            verify_equivalent(masked, current.model, reference.feeds)
         step_plan = _step_plan(plan, step, plan.steps, loaded.model, current.model, feeds)
         pruned, analysis, removed, scores, masked = prune_once(current, step_plan, calibration,
                                                                reference is not None, feeds)
-        if masked is not None:
-            verify_equivalent(masked, pruned, reference.feeds)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
                         "channels_removed": sum(map(len, removed.values()))})
         done = done or _StepsDone(analysis)
         done.add(analysis, removed, scores)
         current = Loaded(pruned, loaded.base_dir, None)
-    return pruned, done, history
+    return pruned, done, history, masked
 
 
 class _StepsDone:

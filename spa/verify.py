@@ -56,10 +56,13 @@ def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Referenc
     raise failure
 
 
-def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path) -> float:
+def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path,
+                  zeroed: tuple[onnx.ModelProto, onnx.ModelProto] | None = None) -> float:
     """Check `pruned` (in memory, or a written file with its external data) and return the
-    largest output difference to the original on the reference inputs. Raises SpaError,
-    naming it an internal error of spa, when the model is broken."""
+    largest output difference to the original on the reference inputs. With `zeroed`
+    (the zeroed full-size model and the pruned model in memory), the same run also makes
+    the exactness check (verify_equivalent). Raises SpaError, naming it an internal error
+    of spa, when the model is broken."""
     try:
         onnx.checker.check_model(str(pruned) if isinstance(pruned, Path) else pruned, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
@@ -68,15 +71,19 @@ def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path) -> float
     for want, got in zip(reference.outputs, actual):
         if want.shape != got.shape:
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
+    if zeroed is not None:
+        verify_equivalent(*zeroed, reference.feeds, actual)
     return max((_max_difference(w, g) for w, g in zip(reference.outputs, actual)
                 if np.issubdtype(w.dtype, np.number)), default=0.0)
 
 
-def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
+def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                      actual: list[np.ndarray] | None = None) -> float:
     """The built-in exactness check: the pruned model must compute what the full-size
-    model with the removed channels zeroed computes, within float rounding. Returns the
+    model with the removed channels zeroed computes, within float rounding (`actual`: the
+    pruned model's outputs on `feeds`, where they were computed already). Returns the
     largest difference."""
-    differences, tolerances = _compare(masked, pruned, feeds)
+    differences, tolerances = _compare(masked, pruned, feeds, actual)
     if any(not d <= t for d, t in zip(differences, tolerances)) and quantizes_activations(masked):
         # a float rounding difference can flip a quantization step, and the flip travels:
         # compare the same two models with activations left unquantized
@@ -92,10 +99,12 @@ def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: d
 NOISE_FACTOR = 4
 
 
-def _compare(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict) -> tuple[list[float], list[float]]:
+def _compare(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict,
+             actual: list[np.ndarray] | None = None) -> tuple[list[float], list[float]]:
     """Per output: the difference, and what is tolerated (allowing the model's own rounding noise)."""
     expected = run(masked, feeds, "internal error: the zeroed model")
-    actual = run(pruned, feeds, "internal error: the pruned model")
+    if actual is None:
+        actual = run(pruned, feeds, "internal error: the pruned model")
     differences = [_max_difference(w, g) for w, g in zip(expected, actual)]
     tolerances = [_tolerance(w) for w in expected]
     if any(not d <= t for d, t in zip(differences, tolerances)):  # NaN fails too
