@@ -8,13 +8,14 @@ import onnx
 
 from spa.analyze import DEFAULT_TARGETS, Analysis
 from spa.analyze.prepare import prepare
+from spa.calibrate.frontier import DEFAULT_BUDGET
 from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
 from spa.criteria.obs import DEFAULT_DAMPING
 from spa.criteria.score import Scoring
 from spa.io.export import export
 from spa.io.load import ModelSource, import_graph, load_model
 from spa.pipeline import Outputs, PruneResult, run
-from spa.plan import Plan, target_goal
+from spa.plan import Plan, memory_size, target_goal
 from spa.select import DEFAULT_ROUND_TO, Selection
 from spa.step import analyze_loaded
 
@@ -28,8 +29,9 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",
           normalize: str = "mean", damping: float = DEFAULT_DAMPING, seed: int = 0,
           calib: str | Path | Calibration | None = None, calib_samples: int | None = None,
-          correct_stats: bool | None = None, verify: bool = True, output: str | Path | None = None,
-          report: str | Path | None = None, write_unchanged: bool = True) -> PruneResult:
+          correct_stats: bool | None = None, memory_budget: int | str = DEFAULT_BUDGET, verify: bool = True,
+          output: str | Path | None = None, report: str | Path | None = None,
+          write_unchanged: bool = True) -> PruneResult:
     """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
     group (scope "local"), or of all channels ranked together (scope "global"), or as
     many as it takes to bring MACs or parameters down to `target_macs`/`target_params`
@@ -38,11 +40,13 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
     without it. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
     they were), unless nothing is prunable and not `write_unchanged`; with `report` the
-    JSON report is written there too. No output may be a file the input reads."""
+    JSON report is written there too. No output may be a file the input reads.
+    `memory_budget` (bytes, or "512M", "2G") bounds the calibration activations kept in
+    memory between groups; past it they go to a temporary file."""
     plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
                 Selection(ratio, scope, round_to, min_keep, max_ratio), tuple(targets), include_inexact,
                 tuple(ignore), target_goal(target_macs, target_params),
-                correct_stats if correct_stats is not None else calib is not None, steps)
+                correct_stats if correct_stats is not None else calib is not None, steps, memory_size(memory_budget))
     plan.check()
     loaded = load_model(source)
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)

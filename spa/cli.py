@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=_positive, metavar="N", help="use at most N calibration samples")
     p.add_argument("--correct-stats", action=argparse.BooleanOptionalAction, default=None,
                    help="restore output statistics of layers that lost inputs (default: on with --calib)")
+    p.add_argument("--memory-budget", default="1G", metavar="SIZE",
+                   help="calibration activations kept in memory (e.g. 512M, 4G); past it they go to a temporary file")
     p.add_argument("--damping", type=_damping, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="nodes or initializers to keep whole")
     p.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO)
@@ -235,7 +237,7 @@ def _prune(args: argparse.Namespace) -> int:
                    max_ratio=args.max_ratio, reduce=args.reduce, normalize=args.normalize,
                    target_macs=args.target_macs, target_params=args.target_params, steps=args.steps,
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
-                   damping=args.damping, report=args.report)
+                   damping=args.damping, memory_budget=args.memory_budget, report=args.report)
     if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
               "nothing written")

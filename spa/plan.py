@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import re
+
 from spa.analyze import DEFAULT_TARGETS, KINDS
+from spa.calibrate.frontier import DEFAULT_BUDGET
 from spa.criteria.score import Scoring
 from spa.errors import SpaError
 from spa.select import Selection
@@ -20,6 +23,7 @@ class Plan:
     target: tuple[str, float] | None = None  # ("macs" | "params", fraction of the original)
     correct_stats: bool = False
     steps: int = 1
+    memory_budget: int = DEFAULT_BUDGET  # bytes of calibration activations kept in memory
 
     def check(self) -> None:
         self.scoring.check()
@@ -41,3 +45,21 @@ def target_goal(target_macs: float | None, target_params: float | None) -> tuple
                 raise SpaError(f"--target-{name} must be a fraction in (0, 1], got {value}")
             return name, value
     return None
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def memory_size(text: str | int) -> int:
+    """Bytes from "512M", "1.5G", "2g", "800k" or a plain number of bytes."""
+    if isinstance(text, int):
+        found = [str(text), ""]
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
+        if not match:
+            raise SpaError(f"--memory-budget: expected a size such as 512M or 2G, got {text!r}")
+        found = list(match.groups())
+    size = int(float(found[0]) * _UNITS[found[1]])
+    if size < 1:
+        raise SpaError(f"--memory-budget must be positive, got {text!r}")
+    return size

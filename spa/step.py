@@ -31,18 +31,19 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     ir_version = loaded.model.ir_version
     groups = analysis.prunable_groups(plan.include_inexact, plan.targets)
     ranked = plan.selection.scope == "global" or plan.target is not None  # counts depend on scores
-    scores = score_groups(graph, groups, plan.scoring, calibration if ranked else None, ir_version)
+    budget = plan.memory_budget
+    scores = score_groups(graph, groups, plan.scoring, calibration if ranked else None, ir_version, budget)
     scored = [g for g in groups if g.id not in scores.unscored]
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
     counts = _counts(loaded, plan, scored, scores, feeds)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
-    reference = output_moments(graph, corrected, calibration, ir_version) if corrected else {}
-    removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version)
+    reference = output_moments(graph, corrected, calibration, ir_version, budget) if corrected else {}
+    removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version, budget)
     if corrected:
         correct_statistics(graph, corrected, reference, _removed_outputs(analysis, removed, corrected),
-                           calibration, ir_version)
+                           calibration, ir_version, budget)
     exact = all(g.exact for g in scored if removed.get(g.id))
     masked = export(graph, loaded.model) if verify and exact and not loaded.external and removed else None
     rewrite(analysis, removed)

@@ -10,7 +10,8 @@ from conftest import MODELS
 from onnx import TensorProto, helper, numpy_helper
 
 from spa.calibrate import sources as calib
-from spa.calibrate.sources import load_calibration, progress, synthetic_calibration
+from spa.calibrate.sources import load_calibration, synthetic_calibration
+from spa.progress import progress
 from spa.errors import SpaError
 
 DIGITS = MODELS / "trained" / "digits_data.npz"
@@ -281,7 +282,7 @@ def test_real_digits_data_runs_batch_by_batch(tmp_path):
     name = MODELS / "trained" / "digits_resnet_b1.onnx"
     cal = load_calibration(tmp_path / "calib.npz", onnx.load(str(name)))
     session = ort.InferenceSession(str(name), providers=["CPUExecutionProvider"])
-    outputs = [session.run(None, feed)[0] for feed in progress(cal.batches(), cal.batch_count(), "calibration")]
+    outputs = [session.run(None, feed)[0] for feed in progress(cal.batches(), "calibration", cal.batch_count())]
     assert cal.samples == 10 and len(outputs) == 10 and all(o.shape[0] == 1 and np.isfinite(o).all() for o in outputs)
     dynamic = ort.InferenceSession(str(MODELS / "trained" / "digits_resnet.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(np.concatenate(outputs), dynamic.run(None, {"input": calib_x})[0], rtol=1e-4, atol=1e-5)
@@ -293,14 +294,21 @@ class _Tty(io.StringIO):
 
 
 def test_progress_is_silent_off_a_tty(capsys):
-    assert list(progress(range(3), total=3, label="calibration")) == [0, 1, 2]
+    assert list(progress(range(3), "calibration", total=3, delay=0)) == [0, 1, 2]
     assert capsys.readouterr().err == ""
 
 
-def test_progress_draws_one_line_on_a_tty(monkeypatch):
+def test_progress_draws_a_bar_on_a_tty_and_clears_it(monkeypatch):
     stream = _Tty()
     monkeypatch.setattr("sys.stderr", stream)
-    assert list(progress(iter("abcd"), total=4, label="calibration")) == list("abcd")
+    assert list(progress(iter("abcd"), "calibration", total=4, delay=0)) == list("abcd")
     text = stream.getvalue()
-    assert text.endswith("\n") and text.count("\n") == 1 and text.count("\r") == 5
-    assert text.rstrip("\n").split("\r")[-1].startswith("calibration [") and "4/4" in text
+    assert "calibration" in text and "/4" in text
+    assert text.split("\r")[-1].strip() == ""  # cleared at the end: the table that follows starts clean
+
+
+def test_progress_waits_before_drawing(monkeypatch):
+    stream = _Tty()
+    monkeypatch.setattr("sys.stderr", stream)
+    assert list(progress(range(3), "calibration", total=3)) == [0, 1, 2]
+    assert stream.getvalue() == ""  # a pass under a second prints nothing

@@ -89,7 +89,7 @@ def test_l2_ignores_the_duplicate_and_removes_the_smallest_weights(tmp_path):
     assert np.abs(output(result.model, data) - want).max() > 0.05 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("criterion", ["activation", "fluctuation", "obs", "greedy"])
+@pytest.mark.parametrize("criterion", ["activation", "wanda", "fluctuation", "obs", "greedy"])
 def test_dead_channel_is_removed_exactly(tmp_path, criterion):
     model = dead_model()
     data = images(np.random.default_rng(11))
@@ -164,6 +164,20 @@ def test_activation_keeps_the_constant_channel(tmp_path):
     hidden = output(model, data, "relu1")
     mean_abs = np.abs(hidden).mean(axis=(0, 2, 3))
     np.testing.assert_allclose(scores, mean_abs / mean_abs.mean(), rtol=1e-4)
+
+
+def test_wanda_scores_are_weight_magnitude_times_input_norm(tmp_path):
+    """Per hidden channel c: sum over conv2's k x k columns of c of |W| times RMS(x_c); the
+    constant channel (RMS 2) scores by its weights like any other."""
+    model = constant_model(consumer_bias=True)
+    data = images(np.random.default_rng(12))
+    result = spa.prune(model, 0.25, criterion="wanda", round_to=1, calib=calibration_file(tmp_path, data))
+    hidden = output(model, data, "relu1")
+    rms = np.sqrt(np.square(hidden).mean(axis=(0, 2, 3)))
+    magnitude = np.abs(initializers(model)["conv2_w"]).sum(axis=(0, 2, 3))
+    want = magnitude * rms
+    np.testing.assert_allclose(result.report["groups"][0]["scores"], want / want.mean(), rtol=1e-4)
+    assert removed(result) == [int(np.argmin(want))]
 
 
 def mlp_setup(tmp_path, seed: int = 3, samples: int = 200):
@@ -245,7 +259,7 @@ def split_model() -> onnx.ModelProto:
     return split_branches(w1, b1)
 
 
-@pytest.mark.parametrize("criterion", ["activation", "fluctuation", "obs", "greedy"])
+@pytest.mark.parametrize("criterion", ["activation", "wanda", "fluctuation", "obs", "greedy"])
 def test_split_group_read_by_two_consumers(tmp_path, criterion):
     """Channels 0, 1 are read by conv_x only, 2, 3 by conv_y only: each channel's score
     comes from the layer that reads it (finite), and the dead channel 3 goes."""

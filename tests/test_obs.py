@@ -284,3 +284,25 @@ def test_inverse_hessian_retries_then_raises():
         inverse_hessian(np.array([[1.0, 1e3], [1e3, 1.0]]))
     with pytest.raises(ValueError):
         damped(np.eye(2), -1.0)
+
+
+@pytest.mark.parametrize("damping", [0.01, 1e-6])
+def test_low_rank_inverse_equals_the_full_one(damping):
+    """Fewer rows than features (a wide layer on few samples): the Woodbury form is the
+    same damped inverse, dead inputs included."""
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((20, 60))
+    rows[:, 7] = 0.0  # a dead input
+    hessian = rows.T @ rows
+    full = inverse_hessian(hessian, damping)
+    np.testing.assert_allclose(inverse_hessian(hessian, damping, rows), full, rtol=1e-7, atol=1e-9 * np.abs(full).max())
+
+
+def test_hessian_keeps_its_rows_only_while_they_are_few():
+    from spa.calibrate.collect import Hessian
+    accumulator = Hessian(lambda x: x.reshape(-1, x.shape[-1]))
+    values = np.random.default_rng(5).standard_normal((8, 3, 40)).astype(np.float32)  # 24 rows of 40 features
+    accumulator(values[:4])
+    np.testing.assert_allclose(accumulator.rows.T @ accumulator.rows, accumulator.matrix, rtol=1e-5, atol=1e-5)
+    accumulator(values[4:])  # 24 rows > 40 / 2: no longer low rank enough
+    assert accumulator.rows is None

@@ -77,21 +77,21 @@ def unknown(ctx: NodeContext) -> None:
     for index in range(whole.input_count):
         if whole.has_input(index):
             whole.fix_all(whole.axes(index), reason)
-    for name in _outer_names(ctx.node):
+    for name in outer_names(ctx.node):
         ctx.fix_all(ctx.state.axes.get(name), reason)
     for index, tensor in enumerate(ctx.node.outputs):
         shape = tensor.shape
         ctx.set_output(index, [None] * len(shape) if shape is not None else None)
 
 
-def _outer_names(node) -> set[str]:
+def outer_names(node) -> set[str]:
     """Tensors a control-flow node's subgraphs read from enclosing graphs, at any depth."""
     names: set[str] = set()
     for subgraph in _subgraphs(node):
         defined = {t.name for t in subgraph.inputs} | {t.name for n in subgraph.nodes for t in n.outputs}
         for inner in subgraph.nodes:
             names.update(t.name for t in inner.inputs if t.name not in defined)
-            names.update(_outer_names(inner) - defined)
+            names.update(outer_names(inner) - defined)
         names.update(t.name for t in subgraph.outputs if t.name not in defined)
     return names
 

@@ -1,22 +1,11 @@
-"""Run a graph on calibration data and keep per-layer statistics, never the activations.
-
-Each requested tensor becomes a graph output of a temporary model; every batch's values
-go to that tensor's accumulators and are dropped, so memory holds statistics only.
-"""
+"""Per-layer statistics of calibration activations: each batch's values go to the
+accumulators and are dropped, so memory holds statistics only (spa.calibrate.frontier
+runs the graph and feeds them)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
-import onnx_graphsurgeon as gs
-import onnx
-import onnxruntime as ort
-
-from spa.calibrate.sources import Calibration, progress
-from spa.errors import SpaError, first_line
-from spa.io.runtime import session
-
-Accumulator = Callable[[np.ndarray], None]
 
 
 class Moments:
@@ -44,6 +33,10 @@ class Moments:
         return np.maximum(self.squares / max(self.count, 1) - np.square(self.mean), 0.0)
 
     @property
+    def root_mean_square(self) -> np.ndarray:
+        return np.sqrt(self.squares / max(self.count, 1))
+
+    @property
     def mean_abs(self) -> np.ndarray:
         return self.absolute / max(self.count, 1)
 
@@ -52,56 +45,41 @@ class Hessian:
     """H = Σ f fᵀ over the feature rows `features(x)` of every batch: each chunk's product
     in float32 (fast, a few thousand rows), the running sum in float64. Each chunk is scaled
     by a power of two before the product and back after, so values far from 1 (1e30) neither
-    overflow nor lose precision in float32."""
+    overflow nor lose precision in float32.
+
+    While there are at most half as many rows as features (a wide layer late in a CNN, or
+    few samples), the rows themselves are kept too (`rows`): H then has low rank, and its
+    damped inverse costs far less through them (spa.criteria.obs.inverse_hessian)."""
 
     def __init__(self, features: Callable[[np.ndarray], np.ndarray]) -> None:
         self.features = features
         self.matrix: np.ndarray | None = None
         self.count = 0
+        self.kept_rows: list[np.ndarray] | None = []
+        self.derived: dict = {}  # what criteria compute from the matrix (its inverse), to compute it once
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        """X with H = XᵀX (float64), while it has at most half as many rows as columns."""
+        return np.concatenate(self.kept_rows) if self.kept_rows else None
 
     def __call__(self, values: np.ndarray) -> None:
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
-            rows = self.features(chunk).astype(np.float32)
+            rows = self.features(chunk).astype(np.float32, copy=False)
             scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
-            rows = rows * np.float32(1 / scale)  # a power of two: exact
+            rows = rows * np.float32(1 / scale)  # a power of two: exact (and a copy: `values` stays as it was)
             self.count += len(rows)
-            product = (rows.T @ rows).astype(np.float64) * scale ** 2
-            self.matrix = product if self.matrix is None else self.matrix + product
+            self._keep(rows, scale)
+            product = (rows.T @ rows).astype(np.float64)
+            del rows
+            product *= scale ** 2
+            if self.matrix is None:
+                self.matrix = product
+            else:
+                self.matrix += product
 
-
-def collect(graph: gs.Graph, calibration: Calibration, accumulators: dict[str, list[Accumulator]],
-            ir_version: int, label: str = "calibration") -> None:
-    """Feed every calibration batch through `graph`, passing each requested tensor's
-    values to its accumulators."""
-    if not accumulators:
-        return
-    names = list(accumulators)
-    session = _session(graph, names, ir_version)
-    batches = calibration.batches()
-    for feeds in progress(batches, calibration.batch_count(), label):
-        try:
-            values = session.run(names, feeds)
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-            raise SpaError(f"calibration run failed: {first_line(error)}") from None
-        for name, value in zip(names, values):
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                raise SpaError(f"calibration run gives NaN or inf at '{name}' (check the calibration data)")
-            for accumulate in accumulators[name]:
-                accumulate(value)
-
-
-def _session(graph: gs.Graph, names: list[str], ir_version: int) -> ort.InferenceSession:
-    """A session whose outputs are the requested tensors (the graph itself is left as it was)."""
-    tensors = graph.tensors()
-    saved = graph.outputs
-    graph.outputs = [tensors[name] for name in names]
-    try:
-        model = gs.export_onnx(graph, do_type_check=False)
-    finally:
-        graph.outputs = saved
-    for value in model.graph.output:  # shapes of intermediate tensors may be stale: let ORT decide
-        value.type.tensor_type.ClearField("shape")
-        if not value.type.tensor_type.elem_type:  # an intermediate tensor inference gave no type
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-    model.ir_version = ir_version
-    return session(model)
+    def _keep(self, rows: np.ndarray, scale: float) -> None:
+        if self.kept_rows is not None and 2 * self.count <= rows.shape[1]:
+            self.kept_rows.append(rows.astype(np.float64) * scale)
+        else:
+            self.kept_rows = None

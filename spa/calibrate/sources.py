@@ -11,21 +11,17 @@ hold `batch_size` samples and the last may be smaller. All checks run up front o
 from __future__ import annotations
 
 import math
-import sys
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
 import numpy as np
 import onnx
 
 from spa.errors import SpaError, first_line
 from spa.io.inputs import InputMaker, InputSpec, input_specs
 
-T = TypeVar("T")
 Feed = dict[str, np.ndarray]
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
 _ACCEPTS = {"f": "fiu", "i": "iub", "u": "iub", "b": "b"}  # input dtype kind -> data kinds cast silently
@@ -201,30 +197,3 @@ def synthetic_calibration(
 
     _fixed_batch(specs)
     return _finish("synthetic", specs, samples, None, chunks)
-
-
-# ---- progress -----------------------------------------------------------------------------------
-
-
-def progress(items: Iterable[T], total: int, label: str, width: int = 30) -> Iterator[T]:
-    """Yield `items`, drawing a one-line bar on stderr if it is a TTY (nothing otherwise)."""
-    stream = sys.stderr
-    if not (hasattr(stream, "isatty") and stream.isatty()):
-        yield from items
-        return
-
-    def draw(done: int) -> None:
-        filled = width * min(done, total) // total if total > 0 else width
-        stream.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-        stream.flush()
-
-    done = 0
-    draw(done)
-    try:
-        for item in items:
-            yield item
-            done += 1
-            draw(done)
-    finally:
-        stream.write("\n")
-        stream.flush()

@@ -1,18 +1,20 @@
 """Criteria that measure the linear layers reading a group on calibration data:
-activation, fluctuation (FLAP), obs (Optimal Brain Surgeon) and greedy (forward
+activation, wanda, fluctuation (FLAP), obs (Optimal Brain Surgeon) and greedy (forward
 selection). Each group is measured on the model as already pruned and compensated
 upstream (spa.repair.compensate), so every layer compensates for the layers before it:
 - obs: backward elimination with OBS updates of the consumers' kept columns (obs.py);
 - greedy: forward selection, kept columns refit by least squares;
 - fluctuation: lowest FLAP scores; the removed channels' mean contribution is folded
   into each consumer's bias;
-- activation: lowest mean absolute activations, no repair.
+- activation: lowest mean absolute activations, no repair;
+- wanda: lowest |W| times the input's norm, no repair.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from spa.analyze import Group, Member
+from spa.calibrate.collect import Hessian
 from spa.calibrate.layers import LinearLayer
 from spa.criteria import obs
 from spa.criteria.base import Criterion, register
@@ -32,6 +34,19 @@ class Activation(Criterion):
 
     def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
         return np.array([measured.mean_abs[index].mean() if index else 0.0 for index in member.index])
+
+
+@register
+class Wanda(Criterion):
+    """Wanda, structured (as FLAP and LLM-Pruner compare against it): per input channel,
+    sum over its weight columns of |W| times the column's input RMS on the data."""
+    name = "wanda"
+    needs_data = True
+
+    def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
+        magnitude = np.abs(layer.matrix())
+        column_norm = column_values(layer, measured.root_mean_square)
+        return np.array([(magnitude[:, cols] * column_norm[cols]).sum() for cols in layer.columns(member)])
 
 
 @register
@@ -77,8 +92,7 @@ class Reconstruction(Criterion):
     def remove(self, group: Group, count: int, layers: list, measured: dict, scores: np.ndarray,
                damping: float, gone: dict) -> list[int]:
         merged = _merge_by_node(layers)
-        problems = [obs.Layer(layer.matrix(), _without_gone(layer, measured[layer.node.name].matrix, gone), columns)
-                    for layer, columns in merged]
+        problems = [_problem(layer, measured[layer.node.name], columns, gone, damping) for layer, columns in merged]
         channels = self.pick(group, count, problems, damping)
         for (layer, _), problem in zip(merged, problems):
             layer.set_matrix(problem.weight)
@@ -93,7 +107,8 @@ class Obs(Reconstruction):
     name = "obs"
 
     def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
-        return obs.obs_costs([obs.Layer(layer.matrix(), measured.matrix, layer.columns(member))], damping)
+        problem = obs.Layer(layer.matrix(), measured.matrix, layer.columns(member), inverse(measured, damping))
+        return obs.obs_costs([problem], damping)
 
     def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
         return obs.obs_prune(problems, count, removal_rule(group, count), damping)
@@ -109,6 +124,23 @@ class Greedy(Reconstruction):
     def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
         keep = max(group.size - count, len(group.pieces))  # every piece keeps a channel
         return obs.greedy_keep(problems, keep, keep_rule(group, group.size - keep), damping)
+
+
+def inverse(hessian: Hessian, damping: float) -> np.ndarray:
+    """A layer's damped inverse Hessian, computed once per measurement: obs scores a group
+    and then removes its channels with the same one."""
+    key = ("inverse", damping)
+    if key not in hessian.derived:
+        hessian.derived[key] = obs.inverse_hessian(hessian.matrix, damping, hessian.rows)
+    return hessian.derived[key]
+
+
+def _problem(layer: LinearLayer, hessian: Hessian, columns: list[np.ndarray], gone: dict, damping: float) -> obs.Layer:
+    """One consumer layer as an OBS problem; the inverse is shared with scoring unless
+    channels removed upstream changed the Hessian."""
+    matrix = _without_gone(layer, hessian.matrix, gone)
+    known = inverse(hessian, damping) if matrix is hessian.matrix and ("inverse", damping) in hessian.derived else None
+    return obs.Layer(layer.matrix(), matrix, columns, known)
 
 
 def _without_gone(layer: LinearLayer, hessian: np.ndarray, gone: dict[tuple[str, int], set[int]]) -> np.ndarray:

@@ -60,26 +60,36 @@ class Layer:
     weight: np.ndarray        # [out, n] float64, updated in place by pruning
     hessian: np.ndarray       # [n, n] float64, raw X X^T (damping is applied by the functions)
     blocks: list[np.ndarray]  # per channel: the column indices it owns
+    inverse: np.ndarray | None = None  # inverse_hessian(hessian, damping), if already computed (read only)
+
+    def inverse_hessian(self, damping: float) -> np.ndarray:
+        return self.inverse if self.inverse is not None else inverse_hessian(self.hessian, damping)
 
 
 def damped(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
     """Copy of H with dead inputs given diagonal 1, plus damping * mean(diag) on the diagonal."""
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    h = np.array(hessian, dtype=np.float64)
-    h = (h + h.T) / 2
+    h = np.add(hessian, hessian.T, dtype=np.float64)
+    h *= 0.5
     diag = np.diag(h).copy()
     diag[_dead(hessian)] = 1.0
     np.fill_diagonal(h, diag + (damping * diag.mean() if diag.size else 0.0))
     return h
 
 
-def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
-    """Inverse of damped(H) via Cholesky, raising the damping tenfold while Cholesky fails."""
+def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of damped(H) via Cholesky, raising the damping tenfold while Cholesky fails.
+    Given the rows X of H = XᵀX, fewer than the columns, by the Woodbury identity instead."""
+    if rows is not None and damping > 0:
+        return _low_rank_inverse(hessian, rows, damping)
     tried = []
     for _ in range(RETRIES + 1):
         try:
-            lower_inv = np.linalg.inv(np.linalg.cholesky(damped(hessian, damping)))
+            lower = np.linalg.cholesky(damped(hessian, damping))
+            lower_inv = np.linalg.inv(lower)
+            del lower  # n x n matrices are the peak memory of pruning a wide conv: one at a time
             return lower_inv.T @ lower_inv
         except np.linalg.LinAlgError:
             tried.append(damping)
@@ -89,10 +99,27 @@ def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np
         "check the calibration statistics for NaN/inf or a non-PSD matrix")
 
 
+def _low_rank_inverse(hessian: np.ndarray, rows: np.ndarray, damping: float) -> np.ndarray:
+    """damped(H)⁻¹ for H = XᵀX with X [r, n], r < n: damped(H) = E + XᵀX with E diagonal
+    (damping, and 1 for dead inputs), so its inverse is E⁻¹ - Yᵀ(I + X Yᵀ)⁻¹Y with
+    Y = X E⁻¹: an r x r Cholesky and an O(r·n²) product instead of O(n³)."""
+    diag = np.diag(hessian).copy()
+    dead = _dead(hessian)
+    diag[dead] = 1.0
+    extra = dead + damping * diag.mean()  # E: what damped() adds to the diagonal of H
+    scaled = rows / extra  # Y
+    lower = np.linalg.cholesky(np.eye(len(rows)) + scaled @ rows.T)
+    factor = np.linalg.solve(lower, scaled)  # L⁻¹Y: Yᵀ(LLᵀ)⁻¹Y = factorᵀ factor
+    inverse = factor.T @ factor
+    inverse *= -1
+    inverse[np.diag_indices_from(inverse)] += 1 / extra
+    return inverse
+
+
 def obs_costs(layers: list[Layer], damping: float = DEFAULT_DAMPING) -> np.ndarray:
     """Per channel: summed over layers, 0.5 * the output-error increase of removing it alone."""
     channels = list(range(_channel_count(layers)))
-    hinvs = [inverse_hessian(layer.hessian, damping) for layer in layers]
+    hinvs = [layer.inverse_hessian(damping) for layer in layers]
     return _costs(layers, hinvs, channels)
 
 
@@ -106,19 +133,76 @@ def obs_prune(layers: list[Layer], count: int,
     early when no channel is eligible. Weights are updated in place, removed columns exactly 0.
     """
     total = _channel_count(layers)
-    hinvs = [inverse_hessian(layer.hessian, damping) for layer in layers]
+    inverses = [_Eliminated(layer.inverse_hessian(damping), layer.blocks) for layer in layers]
     per_step = math.ceil(count / max(max_steps, 1)) if count > 0 else 0
     removed: set[int] = set()
     while len(removed) < min(count, total):
         candidates = [c for c in range(total) if c not in removed]
-        costs = _costs(layers, hinvs, candidates)
+        costs = 0.5 * sum(inverse.costs(_live_weight(layer), candidates) for layer, inverse in zip(layers, inverses))
         picked = _pick(candidates, costs, min(per_step, count - len(removed)), removed, eligible)
         if not picked:
             break
-        for layer, hinv in zip(layers, hinvs):
-            _eliminate(layer.weight, hinv, _columns(layer.blocks, picked))
+        for layer, inverse in zip(layers, inverses):
+            inverse.eliminate(layer.weight, _columns(layer.blocks, picked))
         removed.update(picked)
+    for layer in layers:
+        layer.weight[:, _columns(layer.blocks, sorted(removed))] = 0.0
     return sorted(removed)
+
+
+class _Eliminated:
+    """H⁻¹ while blocks of columns are removed, kept as H⁻¹₀ - Z Zᵀ: a removal appends
+    columns to Z instead of rewriting the n x n matrix, so a step costs O(n·|removed|), not
+    O(n²) (the same Schur complements `_eliminate` computes, in factored form). The
+    diagonal blocks of the channels, all that the costs read, are kept up to date."""
+
+    def __init__(self, inverse: np.ndarray, blocks: list[np.ndarray]) -> None:
+        self.start = inverse
+        self.storage = np.zeros((len(inverse), 64))
+        self.used = 0  # columns of storage holding Z
+        self.by_size: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for size in {len(b) for b in blocks} - {0}:
+            channels = np.array([c for c, b in enumerate(blocks) if len(b) == size], dtype=np.intp)
+            index = np.array([np.asarray(blocks[c], dtype=np.intp) for c in channels])  # [m, k]
+            self.by_size[size] = (channels, index, inverse[index[:, :, None], index[:, None, :]])  # [m, k, k]
+
+    def costs(self, weight: np.ndarray, channels: list[int]) -> np.ndarray:
+        """tr(W_q (H⁻¹_qq)⁻¹ W_qᵀ) per channel."""
+        out = np.zeros(len(channels))
+        where = {c: i for i, c in enumerate(channels)}
+        for members, index, diagonal in self.by_size.values():
+            rows = np.array([i for i, c in enumerate(members) if c in where], dtype=np.intp)
+            if rows.size:
+                out[[where[c] for c in members[rows]]] = _traces(weight, index[rows], diagonal[rows])
+        return out
+
+    def eliminate(self, weight: np.ndarray, q: np.ndarray) -> None:
+        """Remove columns q: W -= W_q (H⁻¹_qq)⁻¹ H⁻¹_{q,:}, H⁻¹ -= H⁻¹_{:,q} (H⁻¹_qq)⁻¹ H⁻¹_{q,:}."""
+        if not q.size:
+            return
+        column = self.start[q].T - self.factor @ self.factor[q].T  # H⁻¹_{:,q} now (rows: contiguous reads)
+        block = (column[q] + column[q].T) / 2
+        values, vectors = np.linalg.eigh(block)
+        root = vectors / np.sqrt(np.maximum(values, 1e-12 * max(float(values.max()), 1e-300)))  # (H⁻¹_qq)⁻¹ = root rootᵀ
+        added = column @ root
+        weight -= (weight[:, q] @ root) @ added.T
+        weight[:, q] = 0.0
+        self._append(added)
+        for _, index, diagonal in self.by_size.values():
+            part = added[index]  # [m, k, |q|]
+            diagonal -= part @ part.transpose(0, 2, 1)
+
+    @property
+    def factor(self) -> np.ndarray:
+        return self.storage[:, :self.used]
+
+    def _append(self, columns: np.ndarray) -> None:
+        if self.used + columns.shape[1] > self.storage.shape[1]:  # grow by doubling: amortized O(1) copies
+            grown = np.zeros((len(self.storage), 2 * (self.used + columns.shape[1])))
+            grown[:, :self.used] = self.factor
+            self.storage = grown
+        self.storage[:, self.used:self.used + columns.shape[1]] = columns
+        self.used += columns.shape[1]
 
 
 def remove_channels(layers: list[Layer], channels: Iterable[int], damping: float = DEFAULT_DAMPING) -> None:
@@ -231,11 +315,15 @@ def _quad(weight: np.ndarray, mat: np.ndarray, blocks: list[np.ndarray], channel
         if size == 0:
             continue
         idx = np.array([np.asarray(blocks[channels[i]], dtype=np.intp) for i in rows])  # [m, k]
-        sub = mat[idx[:, :, None], idx[:, None, :]] + ridge * np.eye(size)  # [m, k, k]
-        w_q = np.take(weight, idx, axis=1)  # [out, m, k]; much faster than weight[:, idx]
-        gram = np.einsum("omk,oml->mkl", w_q, w_q)
-        out[rows] = np.trace(np.linalg.solve(sub, gram), axis1=1, axis2=2)
+        out[rows] = _traces(weight, idx, mat[idx[:, :, None], idx[:, None, :]] + ridge * np.eye(size))
     return out
+
+
+def _traces(weight: np.ndarray, index: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """tr(W_q B⁻¹ W_qᵀ) for each row q of `index` [m, k] and its block B of `blocks` [m, k, k]."""
+    w_q = np.take(weight, index, axis=1).transpose(1, 2, 0)  # [m, k, out]; take: faster than weight[:, idx]
+    gram = w_q @ w_q.transpose(0, 2, 1)
+    return np.trace(np.linalg.solve(blocks, gram), axis1=1, axis2=2)
 
 
 def _costs(layers: list[Layer], hinvs: list[np.ndarray], channels: list[int]) -> np.ndarray:

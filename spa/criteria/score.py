@@ -14,12 +14,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
-from spa.calibrate.collect import Hessian, Moments, collect
+from spa.calibrate.collect import Hessian, Moments
+from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer, consumer_layers
 from spa.calibrate.sources import Calibration
 from spa.criteria import CRITERIA, Criterion, obs
 from spa.criteria.base import WeightView
 from spa.errors import SpaError
+from spa.progress import progress
 
 REDUCTIONS = ("sum", "mean", "max")
 NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
@@ -58,32 +60,49 @@ class Scores:
     unscored: dict[int, str]  # group id -> why the criterion cannot score it (kept whole)
 
 
-def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring,
-                 calibration: Calibration | None = None, ir_version: int = 8) -> Scores:
-    """Score every group in `groups`. Data criteria run `calibration` through `graph`
-    once; without it they only find which groups they cannot score (the values then
-    come from the pruning pass, measured group by group)."""
+def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring, calibration: Calibration | None = None,
+                 ir_version: int = 8, budget: int = DEFAULT_BUDGET) -> Scores:
+    """Score every group in `groups`. Data criteria measure their consumer layers one at a
+    time on `calibration` (each statistic freed once its scores are taken); without it they
+    only find which groups they cannot score (the values then come from the pruning pass,
+    measured group by group)."""
     scoring.check()
     method = scoring.method
-    layers_of = {g.id: measurable_layers(graph, g) for g in groups} if method.needs_data else {}
-    weights = WeightView(graph, scoring.seed)
-    measured = {}
-    if layers_of and calibration is not None:
-        layers = [layer for found, _ in layers_of.values() for layer, _ in found]
-        measured = measure(graph, layers, method, calibration, ir_version)
-    values, unscored = {}, {}
-    for group in groups:
-        if method.needs_data:
-            layers, problem = layers_of[group.id]
-            per_member = [method.layer_scores(layer, member, measured[layer.node.name], scoring.damping)
-                          for layer, member in layers] if measured and not problem else []
-        else:
-            per_member, problem = method.weight_scores(weights, group)
-        if problem:
-            unscored[group.id] = problem
-        elif per_member:
-            values[group.id] = normalize(reduce(per_member, scoring.reduce), scoring.normalize)
+    if method.needs_data:
+        layers_of = {g.id: measurable_layers(graph, g) for g in groups}
+        unscored = {gid: problem for gid, (_, problem) in layers_of.items() if problem}
+        per_member = _measured_scores(graph, layers_of, scoring, calibration, ir_version, budget) \
+            if calibration is not None else {}
+    else:
+        weights = WeightView(graph, scoring.seed)
+        per_member, unscored = {}, {}
+        for group in groups:
+            per_member[group.id], problem = method.weight_scores(weights, group)
+            if problem:
+                unscored[group.id] = problem
+    values = {gid: normalize(reduce(found, scoring.reduce), scoring.normalize)
+              for gid, found in per_member.items() if found and gid not in unscored}
     return Scores(values, unscored)
+
+
+def _measured_scores(graph: gs.Graph, layers_of: dict[int, tuple[list, str | None]], scoring: Scoring,
+                     calibration: Calibration, ir_version: int, budget: int) -> dict[int, list[np.ndarray]]:
+    """Per group, one score array per consumer layer: the layers are measured in graph
+    order, one statistic alive at a time."""
+    readers: dict[str, list[tuple[int, LinearLayer, Member]]] = {}
+    for gid, (layers, problem) in layers_of.items():
+        for layer, member in [] if problem else layers:
+            readers.setdefault(layer.node.name, []).append((gid, layer, member))
+    position = {node.name: i for i, node in enumerate(graph.nodes)}
+    per_member: dict[int, list[np.ndarray]] = {}
+    with Frontier(graph, calibration, ir_version, budget=budget) as frontier:
+        for name in progress(sorted(readers, key=position.__getitem__), f"{scoring.criterion}: scoring layers"):
+            layer = readers[name][0][1]
+            statistic = measure(frontier, [layer], scoring.method)[name]
+            for gid, layer, member in readers[name]:
+                per_member.setdefault(gid, []).append(
+                    scoring.method.layer_scores(layer, member, statistic, scoring.damping))
+    return per_member
 
 
 def reduce(per_member: list[np.ndarray], how: str) -> np.ndarray:
@@ -111,12 +130,9 @@ def measurable_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearL
     return layers, None
 
 
-def measure(graph: gs.Graph, layers: list[LinearLayer], method: Criterion, calibration: Calibration | None,
-            ir_version: int, label: str = "") -> dict[str, Moments | Hessian]:
+def measure(frontier: Frontier, layers: list[LinearLayer], method: Criterion) -> dict[str, Moments | Hessian]:
     """Per layer (by node name): the statistic the criterion needs (its input's moments,
-    or its Hessian)."""
-    if calibration is None:
-        raise SpaError(f"criterion '{method.name}' needs calibration data")
+    or its Hessian), on the graph as it is now."""
     accumulators: dict[str, Moments | Hessian] = {}
     by_tensor: dict[str, list] = {}
     for layer in layers:
@@ -125,5 +141,5 @@ def measure(graph: gs.Graph, layers: list[LinearLayer], method: Criterion, calib
         accumulator = Hessian(layer.features) if method.statistic == "hessian" else Moments(layer.channel_axis)
         accumulators[layer.node.name] = accumulator
         by_tensor.setdefault(layer.input.name, []).append(accumulator)
-    collect(graph, calibration, by_tensor, ir_version, label=label or f"{method.name}: all groups")
+    frontier.measure(by_tensor)
     return accumulators

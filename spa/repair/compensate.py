@@ -4,7 +4,9 @@ The graph keeps its size here: a removed channel has every member slice zeroed (
 divisor set to 1), which is exactly what the rewrite stage then cuts away. Data criteria
 measure each group on the graph as already pruned upstream, so every layer compensates
 for the layers before it; what each criterion picks and repairs is its `remove`
-(spa/criteria/data.py).
+(spa/criteria/data.py). A `Frontier` (spa/calibrate/frontier.py) keeps the activations
+where the graph will not change any more, so each group runs only the part of the graph
+between them and its consumer layers.
 """
 from __future__ import annotations
 
@@ -12,30 +14,57 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
+from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
+from spa.calibrate.layers import LinearLayer
 from spa.calibrate.sources import Calibration
 from spa.criteria.score import Scores, Scoring, measurable_layers, measure, normalize, reduce
+from spa.errors import SpaError
 from spa.io.load import read_values
+from spa.progress import progress
 from spa.select import choose
 
 
 def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int], scores: Scores,
-                   scoring: Scoring, calibration: Calibration | None, ir_version: int) -> dict[int, list[int]]:
+                   scoring: Scoring, calibration: Calibration | None, ir_version: int,
+                   budget: int = DEFAULT_BUDGET) -> dict[int, list[int]]:
     """Pick and zero `counts[g]` channels of every group; return the removed channels."""
-    removed: dict[int, list[int]] = {}
+    order = [g for g in _in_graph_order(graph, groups) if counts.get(g.id, 0) > 0 and g.id not in scores.unscored]
+    if not scoring.needs_data:
+        picks = ((group, choose(group, scores.values[group.id], counts[group.id])) for group in order)
+        return _zero_all(graph, picks)
+    if calibration is None:
+        raise SpaError(f"criterion '{scoring.criterion}' needs calibration data")
+    layers = {group.id: measurable_layers(graph, group)[0] for group in order}
+    written = [_weights_written(group, layers[group.id]) for group in order]
     gone: dict[tuple[str, int], set[int]] = {}  # (initializer, axis) -> positions already removed
-    for group in _in_graph_order(graph, groups):
-        count = counts.get(group.id, 0)
-        if count <= 0 or group.id in scores.unscored:
-            continue
-        if scoring.needs_data:
-            channels, scores.values[group.id] = _pick_with_data(graph, group, count, scoring, calibration,
-                                                                ir_version, gone)
-        else:
-            channels = choose(group, scores.values[group.id], count)
+    with Frontier(graph, calibration, ir_version, written, budget) as frontier:
+        def picks():
+            for task, group in enumerate(progress(order, f"{scoring.criterion}: pruning groups")):
+                channels, scores.values[group.id] = _pick_with_data(frontier, group, layers[group.id],
+                                                                    counts[group.id], scoring, gone)
+                yield group, channels
+                mark_removed(gone, group, channels)
+                frontier.done_with(task)
+        return _zero_all(graph, picks())
+
+
+def _zero_all(graph: gs.Graph, picks) -> dict[int, list[int]]:
+    removed: dict[int, list[int]] = {}
+    for group, channels in picks:
         zero_channels(graph, group, channels)
-        mark_removed(gone, group, channels)
         removed[group.id] = channels
     return removed
+
+
+def _weights_written(group: Group, layers: list[tuple[LinearLayer, Member]]) -> set[str]:
+    """The initializers a group's removal changes: its members, and its consumers' weights
+    and biases (compensation refits them)."""
+    names = {member.initializer for member in group.members}
+    for layer, _ in layers:
+        names.add(layer.weight.name)
+        if layer.bias is not None:
+            names.add(layer.bias.name)
+    return names
 
 
 def mark_removed(positions: dict[tuple[str, int], set[int]], group: Group, channels: list[int]) -> None:
@@ -77,13 +106,11 @@ def _in_graph_order(graph: gs.Graph, groups: list[Group]) -> list[Group]:
                                             default=len(position)))
 
 
-def _pick_with_data(graph: gs.Graph, group: Group, count: int, scoring: Scoring, calibration: Calibration | None,
-                    ir_version: int, gone: dict[tuple[str, int], set[int]]) -> tuple[list[int], np.ndarray]:
+def _pick_with_data(frontier: Frontier, group: Group, layers: list[tuple[LinearLayer, Member]], count: int,
+                    scoring: Scoring, gone: dict[tuple[str, int], set[int]]) -> tuple[list[int], np.ndarray]:
     """The channels to remove, and the group's scores, measured on the graph as it is now."""
     method = scoring.method
-    layers, _ = measurable_layers(graph, group)
-    measured = measure(graph, [layer for layer, _ in layers], method, calibration, ir_version,
-                       label=f"{method.name}: group {group.id}")
+    measured = measure(frontier, [layer for layer, _ in layers], method)
     per_layer = [method.layer_scores(layer, member, measured[layer.node.name], scoring.damping)
                  for layer, member in layers]
     scores = normalize(reduce(per_layer, scoring.reduce), scoring.normalize)

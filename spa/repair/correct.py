@@ -16,39 +16,58 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.calibrate.sources import Calibration
-from spa.calibrate.collect import Moments, collect
+from spa.calibrate.collect import Moments
+from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer
+from spa.calibrate.sources import Calibration
 from spa.io.load import read_values
+from spa.progress import progress
 
 RATIO_LIMITS = (0.1, 10.0)
 
 
-def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration,
-                   ir_version: int) -> dict[str, Moments]:
+def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration, ir_version: int,
+                   budget: int = DEFAULT_BUDGET) -> dict[str, Moments]:
     """Per layer (by node name): mean and variance of each output channel."""
     moments = {layer.node.name: Moments(layer.channel_axis) for layer in layers}
-    by_tensor: dict[str, list] = {}
-    for layer in layers:
-        by_tensor.setdefault(layer.output.name, []).append(moments[layer.node.name])
-    collect(graph, calibration, by_tensor, ir_version, label="output statistics")
+    with Frontier(graph, calibration, ir_version, budget=budget) as frontier:
+        for layer in progress(_in_graph_order(graph, layers), "output statistics"):
+            frontier.measure({layer.output.name: [moments[layer.node.name]]})
     return moments
 
 
 def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: dict[str, Moments],
-                       removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int) -> None:
+                       removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int,
+                       budget: int = DEFAULT_BUDGET) -> None:
     """Restore every layer's kept output channels' moments."""
+    ordered = _in_graph_order(graph, layers)
+    written = [_weights_written(layer) for layer in ordered]
+    with Frontier(graph, calibration, ir_version, written, budget) as frontier:
+        for task, layer in enumerate(progress(ordered, "statistics correction")):
+            now = Moments(layer.channel_axis)
+            frontier.measure({layer.output.name: [now]})
+            before = reference[layer.node.name]
+            kept = np.setdiff1d(np.arange(len(before.mean)), sorted(removed_outputs.get(layer.node.name, ())))
+            ratio = _std_ratio(before.variance, now.variance)
+            norm = _following_batchnorm(layer)
+            if norm is not None:
+                _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
+            elif layer.bias is not None:
+                _restore_rows(layer, before.mean, now.mean, ratio, kept)
+            frontier.done_with(task)
+
+
+def _in_graph_order(graph: gs.Graph, layers: list[LinearLayer]) -> list[LinearLayer]:
     position = {id(node): i for i, node in enumerate(graph.nodes)}
-    for layer in sorted(layers, key=lambda item: position[id(item.node)]):
-        now = output_moments(graph, [layer], calibration, ir_version)[layer.node.name]
-        before = reference[layer.node.name]
-        kept = np.setdiff1d(np.arange(len(before.mean)), sorted(removed_outputs.get(layer.node.name, ())))
-        ratio = _std_ratio(before.variance, now.variance)
-        norm = _following_batchnorm(layer)
-        if norm is not None:
-            _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
-        elif layer.bias is not None:
-            _restore_rows(layer, before.mean, now.mean, ratio, kept)
+    return sorted(layers, key=lambda layer: position[id(layer.node)])
+
+
+def _weights_written(layer: LinearLayer) -> set[str]:
+    """What correcting `layer` changes: its weight and bias, or its BatchNorm's statistics."""
+    norm = _following_batchnorm(layer)
+    if norm is not None:
+        return {norm.inputs[3].name, norm.inputs[4].name}
+    return {layer.weight.name} | ({layer.bias.name} if layer.bias is not None else set())
 
 
 def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray) -> np.ndarray:

@@ -1,0 +1,164 @@
+"""The sequential calibration pass (spa.calibrate.frontier): each group and each corrected
+layer is measured on the graph as the earlier ones left it, running only the part of the
+graph that changed. Its results must be those of running the whole graph for every group
+(the per-group path it replaced), which `WholeGraphRuns` below still does."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+
+import spa
+import spa.api
+import spa.calibrate.frontier as frontier_module
+from spa.calibrate.frontier import Frontier
+from spa.calibrate.sources import Calibration
+from spa.io.runtime import session
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class WholeGraphRuns:
+    """The per-group path: every measurement exports the whole graph with the requested
+    tensors as outputs and runs every calibration batch through it."""
+
+    def __init__(self, graph: gs.Graph, calibration: Calibration, ir_version: int, written=(), budget=0) -> None:
+        self.graph, self.calibration, self.ir_version = graph, calibration, ir_version
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def done_with(self, task: int) -> None:
+        pass
+
+    def measure(self, accumulators: dict) -> None:
+        names = list(accumulators)
+        tensors = self.graph.tensors()
+        saved = self.graph.outputs
+        self.graph.outputs = [tensors[name] for name in names]
+        try:
+            model = gs.export_onnx(self.graph, do_type_check=False)
+        finally:
+            self.graph.outputs = saved
+        for value in model.graph.output:
+            value.type.tensor_type.ClearField("shape")
+            value.type.tensor_type.elem_type = value.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
+        model.ir_version = self.ir_version
+        runner = session(model)
+        for feeds in self.calibration.batches(frontier_module.BATCH_SIZE):
+            for name, value in zip(names, runner.run(names, feeds)):
+                for accumulate in accumulators[name]:
+                    accumulate(value)
+
+
+def _per_group_path(monkeypatch) -> None:
+    for module in ("spa.repair.compensate", "spa.repair.correct", "spa.criteria.score"):
+        monkeypatch.setattr(f"{module}.Frontier", WholeGraphRuns)
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _digits(samples: int, model: str = "") -> np.ndarray:
+    key = "calib_x_tokens" if "transformer" in model else "calib_x"
+    return np.load(MODELS / "trained" / "digits_data.npz")[key][:samples]
+
+
+CASES = [  # model, criterion, options
+    ("trained/digits_resnet_bn.onnx", "obs", {}),
+    ("trained/digits_resnet.onnx", "greedy", {}),
+    ("trained/digits_mobilenet.onnx", "fluctuation", {}),
+    ("trained/digits_resnet.onnx", "obs", {"scope": "global"}),
+    ("trained/digits_transformer.onnx", "obs", {"targets": ("heads", "mlp")}),
+]
+
+
+@pytest.mark.parametrize("name,criterion,options", CASES, ids=[f"{c[0].split('/')[-1]}-{c[1]}" for c in CASES])
+def test_sequential_pass_equals_the_per_group_path(tmp_path, monkeypatch, name, criterion, options):
+    np.savez(tmp_path / "calib.npz", input=_digits(40, name))
+    run = dict(ratio=0.4, criterion=criterion, round_to=1, calib=tmp_path / "calib.npz", **options)
+    sequential = spa.prune(MODELS / name, **run)
+    _per_group_path(monkeypatch)
+    per_group = spa.prune(MODELS / name, **run)
+    removed = {g["id"]: g["removed"] for g in sequential.report["groups"]}
+    assert removed == {g["id"]: g["removed"] for g in per_group.report["groups"]}
+    assert any(removed.values())
+    ours, theirs = _weights(sequential.model), _weights(per_group.model)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        scale = max(float(np.abs(theirs[key]).max(initial=0.0)), 1e-6)
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-4 * scale, err_msg=key)
+
+
+def _counting_segments(monkeypatch) -> list[int]:
+    """Patch the Frontier to record how many nodes each segment it runs holds."""
+    sizes: list[int] = []
+    original = Frontier._run_segment
+
+    def counted(self, needed, *args):
+        sizes.append(len(needed))
+        return original(self, needed, *args)
+
+    monkeypatch.setattr(Frontier, "_run_segment", counted)
+    return sizes
+
+
+def test_each_part_of_the_graph_runs_about_once(tmp_path, monkeypatch):
+    """obs on the digits ResNet: the nodes run over the whole pass stay within a small
+    multiple of the graph's size, where one whole-graph run per group would be far more."""
+    np.savez(tmp_path / "calib.npz", input=_digits(16))
+    sizes = _counting_segments(monkeypatch)
+    result = spa.prune(MODELS / "trained" / "digits_resnet.onnx", 0.4, criterion="obs", round_to=1,
+                       calib=tmp_path / "calib.npz", correct_stats=False)
+    pruned_groups = sum(1 for g in result.report["groups"] if g["removed"])
+    nodes = len(spa.api.prepared_model(MODELS / "trained" / "digits_resnet.onnx").graph.node)
+    print(f"segments: {sizes}, graph: {nodes} nodes, {pruned_groups} groups")
+    assert pruned_groups >= 5 and len(sizes) == pruned_groups  # one segment (one session) per group
+    assert sum(sizes) <= 2 * nodes < pruned_groups * nodes / 2
+
+
+def test_spilling_to_disk_changes_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    np.savez(tmp_path / "calib.npz", input=_digits(24))
+    run = dict(ratio=0.4, criterion="obs", round_to=1, calib=tmp_path / "calib.npz", correct_stats=False)
+    in_memory = spa.prune(MODELS / "trained" / "digits_resnet.onnx", **run)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    spilled_files: list[Path] = []
+    original = frontier_module._Store._spill
+
+    def spill(self, *args):
+        stored = original(self, *args)
+        spilled_files.append(Path(stored.filename))
+        return stored
+
+    monkeypatch.setattr(frontier_module._Store, "_spill", spill)
+    spilled = spa.prune(MODELS / "trained" / "digits_resnet.onnx", memory_budget=1, **run)
+    assert spilled_files  # everything went to disk
+    assert [g["removed"] for g in spilled.report["groups"]] == [g["removed"] for g in in_memory.report["groups"]]
+    for key, value in _weights(in_memory.model).items():
+        np.testing.assert_array_equal(_weights(spilled.model)[key], value)
+    assert list(scratch.iterdir()) == []  # the temporary folder is gone
+
+
+@pytest.mark.parametrize("text,size", [("512M", 512 << 20), ("1.5g", 3 << 29), ("2GiB", 2 << 30), ("800k", 800 << 10),
+                                       ("4096", 4096)])
+def test_memory_budget_sizes(text, size):
+    from spa.plan import memory_size
+    assert memory_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "-1G", "0", "1X"])
+def test_memory_budget_refuses_nonsense(text):
+    from spa.errors import SpaError
+    from spa.plan import memory_size
+    with pytest.raises(SpaError, match="memory-budget"):
+        memory_size(text)
