@@ -123,4 +123,4 @@ def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, cur
     metric, fraction = plan.target
     goal = 1 - (1 - fraction) * step / steps
     now = summarize(current, feeds=feeds)[metric] / max(summarize(original, feeds=feeds)[metric], 1)
-    return replace(plan, target=(metric, min(1.0, goal / now)))
+    return replace(plan, target=(metric, min(1.0, goal / now) if now > 0 else goal))  # 0: spa.targets says why

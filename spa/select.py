@@ -1,15 +1,19 @@
 """Stage 4, select: how many channels each group loses, and which.
 
 `removal_counts` turns a ratio into a count per group: `local` scope takes the ratio of
-every group, `global` scope ranks every channel of every group by normalized score and
-removes the lowest until the ratio of all channel widths is reached, never more than
-`max_ratio` of a group. `choose` then picks the lowest-scoring channels of a group;
+every group; `global` scope ranks cuts, each narrowing one group to its next allowed
+(rounded) width by its lowest-scoring channels, by the mean normalized score of what they
+remove, and makes them in order until `ratio` of all the groups' units is gone (a channel
+weighs the units it stands for, `Group.units`: a head head_dim, a key/value head shared by
+n query heads n*head_dim), never more than `max_ratio` of a group. `spa.targets` searches
+the same cuts for MACs and parameter targets. `choose` then picks the lowest-scoring channels of a group;
 criteria that pick as they compensate (obs, greedy) use `removal_rule`/`keep_rule`
 instead, which enforce the same constraints: a grouped Conv's segments lose equally,
 and every piece (a Split output) keeps a channel.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,34 +85,69 @@ def _local_count(group: Group, ratio: float, selection: Selection) -> int:
     return (per_segment - keep) * parts
 
 
-def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> dict[int, int]:
-    """Lowest normalized scores first across groups, weighted by channel width, until
-    `ratio` of the total width is gone; then each count rounded like a local one."""
-    limit = {g.id: g.size - max(selection.min_keep, math.ceil(g.size * (1 - selection.max_ratio) - 1e-9), 1)
-             for g in groups}
-    width = {g.id: g.width for g in groups}
-    target = selection.ratio * sum(g.size * g.width for g in groups)
-    ranked = sorted((float(score), g.id) for g in groups for score in scores[g.id])
-    taken = {g.id: 0 for g in groups}
-    removed_width = 0.0
-    for _, gid in ranked:
-        if removed_width >= target - 1e-9:
-            break
-        if taken[gid] < limit[gid]:
-            taken[gid] += 1
-            removed_width += width[gid]
-    return {g.id: _rounded_count(g, taken[g.id], selection) for g in groups}
+@dataclass(frozen=True)
+class Cut:
+    """One step of global ranking: group `gid` narrows to its next allowed width."""
+    gid: int
+    removed: int  # channels the group has lost once this cut is made
+    units: int  # units of width this cut removes (channels x the group's units per channel)
+    score: float  # mean normalized score of the channels it removes
 
 
-def _rounded_count(group: Group, count: int, selection: Selection) -> int:
-    if count == 0:
-        return 0
-    round_to = _unit(group, selection.round_to)
+def ranked_cuts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> list[Cut]:
+    """Every cut of every group, lowest mean score first. A group's cuts go from one allowed
+    kept width to the next narrower one (rounded, above `min_keep` and `max_ratio`) and
+    remove its lowest-scoring channels first, so they stay in order within the group."""
+    per_group = [_cuts_of(g, scores[g.id], selection) for g in groups]
+    return list(heapq.merge(*per_group, key=lambda cut: cut.score))
+
+
+def _cuts_of(group: Group, scores: np.ndarray, selection: Selection) -> list[Cut]:
+    ascending = np.sort(np.asarray(scores, dtype=np.float64))
+    cuts, done, floor = [], 0, -np.inf
+    for removed in _allowed_removals(group, selection):
+        floor = max(floor, float(ascending[done:removed].mean()))  # chunks of sorted scores never go down
+        cuts.append(Cut(group.id, removed, (removed - done) * group.units, floor))
+        done = removed
+    return cuts
+
+
+def _allowed_removals(group: Group, selection: Selection) -> list[int]:
+    """Channel counts the group may lose, ascending: the kept width is a multiple of its
+    rounding unit (per segment for a grouped conv), at least `min_keep` and 1 - `max_ratio`."""
     parts = len(group.segments) if group.segments is not None else 1
     per_segment = group.size // parts
+    round_to = _unit(group, selection.round_to)
     unit = round_to // math.gcd(round_to, parts)
-    keep = _rounded(per_segment, per_segment - count // parts, unit, math.ceil(selection.min_keep / parts))
-    return (per_segment - keep) * parts
+    must_keep = max(selection.min_keep, math.ceil(group.size * (1 - selection.max_ratio) - 1e-9), 1)
+    lowest = math.ceil(must_keep / parts)
+    widest = (per_segment - 1) // unit * unit  # the widest rounded width below the full one
+    return [(per_segment - kept) * parts for kept in range(widest, lowest - 1, -unit) if kept > 0]
+
+
+def counts_after(groups: list[Group], cuts: list[Cut]) -> dict[int, int]:
+    """Per group id: channels removed once `cuts` are made."""
+    counts = {g.id: 0 for g in groups}
+    for cut in cuts:
+        counts[cut.gid] = max(counts[cut.gid], cut.removed)
+    return counts
+
+
+def total_units(groups: list[Group]) -> int:
+    return sum(g.size * g.units for g in groups)
+
+
+def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> dict[int, int]:
+    """The ranked cuts, taken in order while each brings the removed units closer to `ratio`
+    of all the groups' units."""
+    goal = selection.ratio * total_units(groups)
+    taken, removed_units = 0, 0
+    for cut in (cuts := ranked_cuts(groups, scores, selection)):
+        if removed_units + cut.units / 2 > goal:
+            break
+        taken += 1
+        removed_units += cut.units
+    return counts_after(groups, cuts[:taken])
 
 
 def choose(group: Group, scores: np.ndarray, count: int) -> list[int]:

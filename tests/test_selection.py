@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import MODELS, TRANSFORMERS
 from criteria_helpers import (
     SAMPLES,
     assert_same_outputs,
@@ -18,6 +19,7 @@ from criteria_helpers import (
 from criteria_models import three_convs
 
 import spa
+from spa.analyze import DEFAULT_TARGETS
 
 
 def lopsided_model() -> onnx.ModelProto:
@@ -113,3 +115,34 @@ def test_data_criteria_without_calibration_use_synthetic_inputs(criterion):
 def test_magnitude_criterion_runs_no_calibration():
     result = spa.prune(dead_model(), 0.25, criterion="l2", round_to=1)
     assert result.report["calibration"] is None and result.report["correct_stats"] is False
+
+
+TRAINED_VIT = MODELS / "trained" / "digits_transformer.onnx"
+ALL_KINDS = ("channels", "heads", "mlp", "hidden")
+
+
+@pytest.mark.parametrize("path, metric, fraction, targets", [
+    (TRAINED_VIT, "macs", 0.5, DEFAULT_TARGETS),
+    (TRAINED_VIT, "params", 0.5, DEFAULT_TARGETS),
+    (TRANSFORMERS / "bert_tiny.onnx", "macs", 0.7, DEFAULT_TARGETS),
+    (TRANSFORMERS / "llama_tiny.onnx", "macs", 0.39, ALL_KINDS),
+], ids=lambda v: getattr(v, "stem", str(v)))
+def test_global_target_lands_close_under_on_transformers(path, metric, fraction, targets):
+    """A head is a big step on these (a 4-head layer loses a quarter of its attention at
+    once): the run of ranked cuts that first reaches the target may land far under it, so
+    cuts before the last are undone while the model stays within it."""
+    result = spa.prune(str(path), scope="global", targets=targets, verify=False, **{f"target_{metric}": fraction})
+    reached = result.report["after"][metric] / result.report["before"][metric]
+    assert fraction * 0.97 <= reached <= fraction
+
+
+def test_global_ratio_counts_a_fused_qkv_head_as_head_dim_units():
+    """GPT-2's heads come from one fused q|k|v weight, 48 columns a head: at ratio 0.4 of all
+    units, a head counts 16 (head_dim), an MLP neuron 1."""
+    result = spa.prune(str(TRANSFORMERS / "gpt2_tiny.onnx"), 0.4, scope="global", round_to=1, verify=False)
+    groups = result.analysis.prunable_groups()
+    units = {g.id: g.head_dim if g.kind == "heads" else 1 for g in groups}
+    assert {units[g.id] for g in groups if g.kind == "heads"} == {16}
+    removed = sum(len(result.removed.get(g.id, [])) * units[g.id] for g in groups)
+    total = sum(g.size * units[g.id] for g in groups)
+    assert abs(removed - 0.4 * total) <= 8  # within half a head

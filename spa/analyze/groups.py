@@ -63,9 +63,27 @@ class Group:
 
     @property
     def width(self) -> int:
-        """Positions one channel owns in the weights that make it (head_dim for a head)."""
+        """Positions one channel owns in the weights that make it, what the kernels see: 1 for
+        a conv channel or a neuron, head_dim for a head (also in a fused q/k/v projection)."""
+        if self.kind == "heads" and self.head_dim:
+            return self.head_dim
         widths = [len(m.index[0]) for m in self.members if m.producer and m.index[0]]
         return min(widths, default=1)
+
+    @property
+    def query_heads(self) -> int:
+        """For heads: the query heads one channel carries, 1 unless grouped-query attention
+        shares a key/value head among several (read off the output projection's rows)."""
+        if self.kind != "heads" or not self.head_dim:
+            return 1
+        return max([1] + [len(m.index[0]) // self.head_dim for m in self._consumers()])
+
+    @property
+    def units(self) -> int:
+        """How much of the model's width one channel stands for, so that groups of every kind
+        weigh alike when ranked together: a head is head_dim units, a key/value head with the
+        query heads that share it query_heads * head_dim, any other channel its width."""
+        return self.width * self.query_heads
 
     @property
     def prunable(self) -> bool:
@@ -98,17 +116,23 @@ class Group:
         return f"{self._what()}; coupled through shared {names}"
 
     def _what(self) -> str:
-        producers = sorted({m.initializer for m in self.members if m.producer}) or sorted(self.makers)
-        consumers = sorted({m.initializer for m in self.members
-                            if not m.producer and m.role == "weight" and m.rank > 1} - set(producers))
+        producers = self._producer_names()
+        consumers = sorted({m.initializer for m in self._consumers()})
         if self.kind != "heads":
             unit = {"channels": "channels", "mlp": "neurons", "hidden": "hidden units"}[self.kind]
             return f"{self.size} {unit} made by {', '.join(producers)}; read by {', '.join(consumers) or '-'}"
-        head_dim = self.head_dim
-        read = max((len(m.index[0]) for m in self.members if m.initializer in consumers), default=head_dim)
-        shared = f", each shared by {read // head_dim} query heads" if read > head_dim else ""
-        return (f"{self.size} heads x head_dim {head_dim}{shared}; projections {', '.join(producers)}; "
+        shared = f", each shared by {self.query_heads} query heads" if self.query_heads > 1 else ""
+        return (f"{self.size} heads x head_dim {self.head_dim}{shared}; projections {', '.join(producers)}; "
                 f"read by {', '.join(consumers)}")
+
+    def _producer_names(self) -> list[str]:
+        return sorted({m.initializer for m in self.members if m.producer}) or sorted(self.makers)
+
+    def _consumers(self) -> list[Member]:
+        """Members that are weights of the layers reading the channels (not making them)."""
+        producers = set(self._producer_names())
+        return [m for m in self.members if not m.producer and m.role == "weight" and m.rank > 1
+                and m.initializer not in producers]
 
 
 def build_groups(state: AnalysisState) -> list[Group]:
