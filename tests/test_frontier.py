@@ -162,3 +162,21 @@ def test_memory_budget_refuses_nonsense(text):
     from spa.plan import memory_size
     with pytest.raises(SpaError, match="memory-budget"):
         memory_size(text)
+
+
+def test_external_data_weights_are_fed_to_segments(tmp_path):
+    """A model whose weights live in an external data file: segments never point at that
+    file (their weights are fed as inputs), and obs prunes it like the in-file model."""
+    source = onnx.load(str(MODELS / "trained" / "digits_resnet.onnx"))
+    onnx.save_model(source, str(tmp_path / "external.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="external.onnx.data", size_threshold=0)
+    np.savez(tmp_path / "calib.npz", input=_digits(16))
+    run = dict(ratio=0.4, criterion="obs", round_to=1, calib=tmp_path / "calib.npz")
+    (tmp_path / "out").mkdir()
+    external = spa.prune(tmp_path / "external.onnx", output=tmp_path / "out" / "pruned.onnx", **run)
+    internal = spa.prune(MODELS / "trained" / "digits_resnet.onnx", **run)
+    assert [g["removed"] for g in external.report["groups"]] == [g["removed"] for g in internal.report["groups"]]
+    written = onnx.load(str(tmp_path / "out" / "pruned.onnx"))
+    ours, theirs = _weights(written), _weights(internal.model)
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
