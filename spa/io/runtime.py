@@ -58,11 +58,13 @@ class WeightedSession:
     def __init__(self, model: onnx.ModelProto, serialized: bytes) -> None:
         self.model = model
         declared = {value.name for value in model.graph.input}
-        self.weights = {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in model.graph.initializer
-                        if tensor.data_type != onnx.TensorProto.INT64 or tensor.name in declared}
-        inputs = [onnx.helper.make_tensor_value_info(name, data_type, dims)
-                  for name, (data_type, dims) in self.weights.items() if name not in declared]
+        inputs = [onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+                  for tensor in model.graph.initializer
+                  if tensor.data_type != onnx.TensorProto.INT64 and tensor.name not in declared]
         self.session = session(serialized + onnx.ModelProto(graph=onnx.GraphProto(input=inputs)).SerializeToString())
+        overridable = {value.name for value in self.session.get_overridable_initializers()}  # none below IR 4
+        self.weights = {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in model.graph.initializer
+                        if tensor.name in overridable}
 
     def takes(self, model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> bool:
         """Is `model` with `weights` (by initializer name) a run of this session?"""
