@@ -289,14 +289,29 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Static shapes wherever they can be known. onnxruntime's symbolic shape inference
     follows Shape/Gather/Concat chains and names dynamic dims consistently; where it fails
     (an op it does not know), onnx's own inference with data propagation is used. Shapes
-    that stay unknown make the analysis keep the channels involved whole."""
-    inferred = _symbolic_shapes(model)
-    if inferred is not None:
+    that stay unknown make the analysis keep the channels involved whole.
+
+    Where onnx's inference alone gives every tensor a static shape (static inputs), that
+    is all there is to know: the symbolic inference (and the sympy it imports, slowly) is
+    not needed."""
+    inferred = _onnx_shapes(model)
+    if inferred is not None and _all_static(inferred):
         return inferred
+    return _symbolic_shapes(model) or inferred or model
+
+
+def _onnx_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
-        return model
+        return None
+
+
+def _all_static(model: onnx.ModelProto) -> bool:
+    """Does every tensor the main graph computes have a tensor type with a static shape?"""
+    described = {value.name: value for value in list(model.graph.value_info) + list(model.graph.output)}
+    made = [name for node in model.graph.node for name in node.output if name]
+    return all(name in described and _static_value(described[name]) for name in made)
 
 
 def measure_open_shapes(model: onnx.ModelProto, full: onnx.ModelProto) -> onnx.ModelProto:
@@ -335,7 +350,8 @@ def measure_open_shapes(model: onnx.ModelProto, full: onnx.ModelProto) -> onnx.M
 
 def _static_value(value: onnx.ValueInfoProto) -> bool:
     tensor_type = value.type.tensor_type
-    return tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim)
+    return value.type.HasField("tensor_type") and tensor_type.HasField("shape") \
+        and all(d.HasField("dim_value") for d in tensor_type.shape.dim)
 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
