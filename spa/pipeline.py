@@ -18,7 +18,13 @@ from spa.metrics import summarize
 from spa.plan import Plan
 from spa.report import build_report
 from spa.step import prune_once
-from spa.verify import Reference, Zeroed, reference_run, verify_equivalent, verify_pruned
+from spa.verify import (
+    Reference,
+    Zeroed,
+    reference_run,
+    verify_equivalent,
+    verify_pruned,
+)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -88,12 +89,17 @@ def prune_command(model: Path, output: Path, ratio: float) -> list[str]:
     return ["prune", str(model), "--ratio", str(ratio), "-o", str(output)]
 
 
-def whole_process(tree: Path, model: Path, output: Path, ratio: float) -> float:
-    """Wall time of one `python -m spa.cli prune` process of the spa in `tree`."""
+def whole_process(tree: Path, model: Path, output: Path, ratio: float) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, all threads) of one `python -m spa.cli prune`
+    process of the spa in `tree`. CPU time moves less than wall time when other jobs
+    share the machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "spa.cli", *prune_command(model, output, ratio)], cwd=tree,
                    env=environment(tree), check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def staged(tree: Path, model: Path, output: Path, ratio: float) -> dict:
@@ -123,20 +129,24 @@ def main() -> None:
         model = args.model or build_model(folder)
         output = folder / "pruned.onnx"
         trees = {"this": TREE} | ({"compare": args.compare.resolve()} if args.compare else {})
-        times: dict[str, list[float]] = {name: [] for name in trees}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
         for _ in range(args.runs):
             for name, tree in trees.items():
                 times[name].append(whole_process(tree, model, output, args.ratio))
-        result = {name: {"median_s": statistics.median(t), "runs_s": t} for name, t in times.items()}
+        result = {name: {"median_s": statistics.median(w for w, _ in t), "runs_s": [w for w, _ in t],
+                         "median_cpu_s": statistics.median(c for _, c in t)} for name, t in times.items()}
         result["stages"] = staged(TREE, model, output, args.ratio)
     if args.json:
         print(json.dumps(result, indent=1))
         return
     for name, tree in trees.items():
         runs = ", ".join(f"{t:.2f}" for t in result[name]["runs_s"])
-        print(f"{name:8} {str(tree):32} whole process: median {result[name]['median_s']:.2f} s  ({runs})")
+        print(f"{name:8} {tree!s:32} whole process: median {result[name]['median_s']:.2f} s  ({runs}), "
+              f"CPU {result[name]['median_cpu_s']:.2f} s")
     if args.compare:
-        print(f"this / compare: {result['this']['median_s'] / result['compare']['median_s']:.2f}")
+        this, other = result["this"], result["compare"]
+        print(f"this / compare: wall {this['median_s'] / other['median_s']:.2f}, "
+              f"CPU {this['median_cpu_s'] / other['median_cpu_s']:.2f}")
     stages = result["stages"]
     print(f"\none process, by stage (s):\n{'imports (spa.cli, spa.api)':54}{stages['imports']:7.3f}")
     for _, _, label in STAGES:
