@@ -9,29 +9,21 @@ from collections import Counter
 import numpy as np
 import onnx
 from onnx import TensorProto
-
 from onnx.external_data_helper import uses_external_data
 
 from spa.io.inputs import concrete_shape, input_specs
-from spa.io.load import infer_shapes, tensor_nbytes
+from spa.io.load import (
+    FLOAT_TYPES,
+    infer_shapes,
+    shape_only_copy,
+    tensor_nbytes,
+    without_initializers,
+)
 from spa.io.runtime import session
-
-FLOAT_TYPES = {
-    TensorProto.FLOAT,
-    TensorProto.FLOAT16,
-    TensorProto.DOUBLE,
-    TensorProto.BFLOAT16,
-    TensorProto.FLOAT8E4M3FN,
-    TensorProto.FLOAT8E4M3FNUZ,
-    TensorProto.FLOAT8E5M2,
-    TensorProto.FLOAT8E5M2FNUZ,
-}
 
 # op type -> (index of the data input, index of the weight / second operand)
 _CONV_OPS = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3), "ConvTranspose": (0, 1)}
 _MATMUL_OPS = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}
-
-_KEEP_DATA_ELEMENTS = 1024
 
 Shape = list[int | None]
 
@@ -62,32 +54,9 @@ def count_params(model: onnx.ModelProto) -> int:
     return sum(math.prod(t.dims) for t in tensors if t.data_type in FLOAT_TYPES or t.name in quantized)
 
 
-def _shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy without the data of large float initializers (weights): shape inference needs
-    only their dims, and this keeps models over the 2 GB protobuf limit inferable. Small
-    ones keep their values, which inference may need (e.g. Resize scales)."""
-    copy = onnx.ModelProto()
-    weights = model.graph.initializer
-    copy.CopyFrom(_without_initializers(model))
-    for init in weights:
-        if init.data_type in FLOAT_TYPES and math.prod(init.dims) > _KEEP_DATA_ELEMENTS:
-            copy.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
-        else:
-            copy.graph.initializer.add().CopyFrom(init)
-    return copy
-
-
-def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of everything but the initializers, made without copying their data."""
-    graph = onnx.helper.make_graph(model.graph.node, model.graph.name, model.graph.input,
-                                   model.graph.output, value_info=model.graph.value_info)
-    return onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, graph=graph,
-                           functions=model.functions, metadata_props=model.metadata_props)
-
-
 def _inferred_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, Shape]:
     """Static shape of every tensor, with the graph inputs fixed to `input_shapes`."""
-    copy = _shape_only_copy(model)
+    copy = shape_only_copy(model)
     for value in copy.graph.input:
         if value.name in input_shapes:
             del value.type.tensor_type.shape.dim[:]
@@ -216,7 +185,7 @@ def count_macs(model: onnx.ModelProto, dim_values: dict[str, int] | None = None,
 def model_size_bytes(model: onnx.ModelProto) -> int:
     """Size on disk: the model without its initializers, plus each initializer's bytes
     (external or not; a few bytes of names and dims per tensor are not counted)."""
-    return _without_initializers(model).ByteSize() + sum(map(tensor_nbytes, model.graph.initializer))
+    return without_initializers(model).ByteSize() + sum(map(tensor_nbytes, model.graph.initializer))
 
 
 def node_counts(model: onnx.ModelProto) -> dict[str, int]:

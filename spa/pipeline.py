@@ -18,7 +18,13 @@ from spa.metrics import summarize
 from spa.plan import Plan
 from spa.report import build_report
 from spa.step import prune_once
-from spa.verify import Reference, reference_run, verify_equivalent, verify_pruned
+from spa.verify import (
+    Reference,
+    Zeroed,
+    reference_run,
+    verify_equivalent,
+    verify_pruned,
+)
 
 
 @dataclass
@@ -49,6 +55,7 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     if loaded.external and verify and outputs.model is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     reference = reference_run(loaded, calibration, seed) if verify else None
+    loaded.serialized = None  # the input file's bytes: taken by its session above, unused without verification
     feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
     pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds)
     zeroed = (masked, pruned) if masked is not None else None  # checked on the run of the result below
@@ -69,13 +76,13 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
 
 
 def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, reference: Reference | None,
-           feeds: dict | None) -> tuple[onnx.ModelProto, "_StepsDone", list[dict], onnx.ModelProto | None]:
+           feeds: dict | None) -> tuple[onnx.ModelProto, _StepsDone, list[dict], Zeroed | None]:
     """Every step pruned and checked: a wrong cut in step 1 must not pass. The last step's
     zeroed model is returned, to check against the result's own run."""
     current, history, done, masked = loaded, [], None, None
     for step in range(1, plan.steps + 1):
         if masked is not None:  # the previous step's
-            verify_equivalent(masked, current.model, reference.feeds)
+            verify_equivalent(masked, current.model, reference.feeds, dense=reference.dense)
         step_plan = _step_plan(plan, step, plan.steps, loaded.model, current.model, feeds)
         pruned, analysis, removed, scores, masked = prune_once(current, step_plan, calibration,
                                                                reference is not None, feeds)

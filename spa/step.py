@@ -21,6 +21,7 @@ from spa.repair.correct import correct_statistics, output_moments
 from spa.rewrite import rewrite
 from spa.select import removal_counts
 from spa.targets import counts_for_target
+from spa.verify import zeroed_model
 
 
 def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool, feeds: dict | None):
@@ -45,7 +46,7 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
         correct_statistics(graph, corrected, reference, _removed_outputs(analysis, removed, corrected),
                            calibration, ir_version, budget)
     exact = all(g.exact for g in scored if removed.get(g.id))
-    masked = export(graph, loaded.model) if verify and exact and not loaded.external and removed else None
+    masked = zeroed_model(graph, loaded.model) if verify and exact and not loaded.external and removed else None
     rewrite(analysis, removed)
     drop_zero_biases(graph, added)
     reshare(graph)

@@ -1,19 +1,31 @@
 """Stage 6, verify: the input runs before anything is done (so a broken input is named as
 such); a pruned model must pass onnx.checker and run in onnxruntime on the same inputs,
 giving outputs of the original shapes, and (where every removal is exact) the outputs of
-the full-size model with the removed channels zeroed."""
+the full-size model with the removed channels zeroed.
+
+Two sessions do it all where they can: the input's, and the written file's. The input's
+session takes weights as inputs (spa.io.runtime.WeightedSession), so the zeroed model,
+which is the input model with other values in some initializers wherever preparation left
+the graph's nodes as they were, is a second run of it."""
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from spa.errors import SpaError, first_line
+from spa.io.export import export
 from spa.io.inputs import InputMaker
-from spa.io.load import Loaded
-from spa.io.runtime import run, session
+from spa.io.load import Loaded, read_values
+from spa.io.runtime import WeightedSession, run, session
 
 # Sizes tried for open input dims, (batch, others), until the input model runs: images need
 # room for strides and kernels (and multiples of 32 for detectors), sequences fit small sizes.
@@ -23,20 +35,47 @@ EQUIVALENCE_ATOL, EQUIVALENCE_RTOL = 1e-5, 1e-4  # pruned vs zeroed model
 
 @dataclass
 class Reference:
-    """Inputs the original model accepts, and its outputs on them."""
+    """Inputs the original model accepts, and its outputs on them. `dense`: the session that
+    ran them, which runs the model with other weights too (None where weights stay on disk,
+    or onnxruntime does not take them as inputs)."""
     feeds: dict[str, np.ndarray]
     outputs: list[np.ndarray]
+    dense: WeightedSession | None = None
 
 
 def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Reference:
     """Run the input model once: on a calibration batch if there is one, else on synthetic
     inputs (open dims tried at the OPEN_DIMS sizes). Fails, naming the input, if onnxruntime
-    cannot run it."""
+    cannot run it (as it is: a failure with weights as inputs is tried again without)."""
+    dense = _weighted_session(original)
+    if dense is not None:
+        with contextlib.suppress(SpaError):
+            feeds, outputs = _first_run(original, calibration, seed,
+                                        lambda feeds: dense.run(feeds, what="the input model"))
+            return Reference(feeds, outputs, dense)
     source = original.path if original.external else original.model
+    return Reference(*_first_run(original, calibration, seed, lambda feeds: run(source, feeds, "the input model")))
+
+
+def _weighted_session(original: Loaded) -> WeightedSession | None:
+    if original.external:  # its weights are read from its folder: only a path session finds them
+        return None
+    try:
+        return WeightedSession(original.model, original.take_serialized())
+    except Exception:  # noqa: BLE001 - onnxruntime refuses some weights as inputs: a plain session then
+        return None
+
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def _first_run(original: Loaded, calibration, seed: int,
+               runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """The first feeds `runner` runs the model on, and its outputs."""
     if calibration is not None:
         feeds = next(iter(calibration.batches()), None)
         if feeds is not None:
-            return Reference(feeds, run(source, feeds, "the input model"))
+            return feeds, runner(feeds)
     maker = InputMaker(original.model)
     failure: SpaError | None = None
     tried = set()
@@ -47,7 +86,7 @@ def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Referenc
             continue
         tried.add(shapes)
         try:
-            return Reference(feeds, run(source, feeds, "the input model"))
+            return feeds, runner(feeds)
         except SpaError as error:  # try the next size, then report
             failure = failure or error
     if len(tried) > 1:
@@ -56,8 +95,90 @@ def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Referenc
     raise failure
 
 
+@dataclass
+class Zeroed:
+    """The full-size model with the removed channels zeroed, which the pruned model must
+    equal: `base` (the model the step started from) with `weights` in place of its own
+    initializers of those names, or, where the step's graph is not `base`'s, `exported`."""
+    base: onnx.ModelProto | None = None
+    weights: dict[str, np.ndarray] | None = None
+    exported: onnx.ModelProto | None = None
+
+    def outputs(self, feeds: dict[str, np.ndarray], dense: WeightedSession | None = None) -> list[np.ndarray]:
+        """Its outputs on `feeds`: a run of `dense` where that is the session of `base`."""
+        what = "internal error: the zeroed model"
+        if self.weights is not None and dense is not None and dense.takes(self.base, self.weights):
+            return dense.run(feeds, self.weights, what)
+        return run(self.model(), feeds, what)
+
+    def model(self) -> onnx.ModelProto:
+        if self.exported is None:
+            self.exported = _with_weights(self.base, self.weights)
+        return self.exported
+
+
+def zeroed_model(graph: gs.Graph, base: onnx.ModelProto) -> Zeroed:
+    """The zeroed full-size model of a step: its graph, before the rewrite, over `base`, the
+    model the step imported it from. Where the graph's nodes, inputs and outputs are
+    `base`'s, it is `base` with the values of the graph's constants that do not still read
+    `base`'s own tensors (nothing is exported); else the graph exported."""
+    weights = _changed_weights(graph, base)
+    if weights is None:
+        return Zeroed(base, exported=export(graph, base))
+    return Zeroed(base, weights)
+
+
+def _changed_weights(graph: gs.Graph, base: onnx.ModelProto) -> dict[str, np.ndarray] | None:
+    """The values of the graph's constants that are not `base`'s own tensors, by name; None
+    where the graph is not `base`'s graph with other initializer values."""
+    if not _same_graph(graph, base):
+        return None
+    initializers = {tensor.name: tensor for tensor in base.graph.initializer}
+    weights = {}
+    for name, tensor in graph.tensors().items():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        original = initializers.get(name)
+        if original is None:
+            return None
+        if isinstance(tensor._values, LazyValues) and tensor._values.tensor is original:
+            continue  # never loaded: base's values
+        weights[name] = read_values(tensor)
+    return weights
+
+
+def _same_graph(graph: gs.Graph, base: onnx.ModelProto) -> bool:
+    """Does the graph have `base`'s nodes (as the export would write them, in any order),
+    graph inputs and outputs? Documentation strings do not count."""
+    if base.graph.sparse_initializer or any(True for _ in graph.subgraphs()):  # constants read from inside
+        return False
+    initializers = {tensor.name for tensor in base.graph.initializer}
+    inputs = [value.name for value in base.graph.input if value.name not in initializers]
+    if [t.name for t in graph.inputs] != inputs or [t.name for t in graph.outputs] != [v.name for v in base.graph.output]:
+        return False
+    ours = Counter(_node_key(OnnxExporter.export_node(node)) for node in graph.nodes)
+    return ours == Counter(_node_key(node) for node in base.graph.node)
+
+
+def _node_key(node: onnx.NodeProto) -> bytes:
+    if node.doc_string or node.metadata_props:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.ClearField("doc_string")
+        node.ClearField("metadata_props")
+    return node.SerializeToString(deterministic=True)
+
+
+def _with_weights(base: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    for tensor in model.graph.initializer:
+        if tensor.name in weights:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(weights[tensor.name], tensor.name))
+    return model
+
+
 def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path,
-                  zeroed: tuple[onnx.ModelProto, onnx.ModelProto] | None = None) -> float:
+                  zeroed: tuple[Zeroed, onnx.ModelProto] | None = None) -> float:
     """Check `pruned` (in memory, or a written file with its external data) and return the
     largest output difference to the original on the reference inputs. With `zeroed`
     (the zeroed full-size model and the pruned model in memory), the same run also makes
@@ -72,22 +193,24 @@ def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path,
         if want.shape != got.shape:
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
     if zeroed is not None:
-        verify_equivalent(*zeroed, reference.feeds, actual)
+        verify_equivalent(*zeroed, reference.feeds, actual, reference.dense)
     return max((_max_difference(w, g) for w, g in zip(reference.outputs, actual)
                 if np.issubdtype(w.dtype, np.number)), default=0.0)
 
 
-def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                      actual: list[np.ndarray] | None = None) -> float:
+def verify_equivalent(masked: Zeroed | onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                      actual: list[np.ndarray] | None = None, dense: WeightedSession | None = None) -> float:
     """The built-in exactness check: the pruned model must compute what the full-size
     model with the removed channels zeroed computes, within float rounding (`actual`: the
-    pruned model's outputs on `feeds`, where they were computed already). Returns the
-    largest difference."""
-    differences, tolerances = _compare(masked, pruned, feeds, actual)
-    if any(not d <= t for d, t in zip(differences, tolerances)) and quantizes_activations(masked):
+    pruned model's outputs on `feeds`, where they were computed already; `dense`: the
+    input's session, which runs the zeroed model where it is the input with other
+    weights). Returns the largest difference."""
+    zeroed = masked if isinstance(masked, Zeroed) else Zeroed(exported=masked)
+    differences, tolerances = _compare(zeroed, pruned, feeds, actual, dense)
+    if any(not d <= t for d, t in zip(differences, tolerances)) and quantizes_activations(zeroed.model()):
         # a float rounding difference can flip a quantization step, and the flip travels:
         # compare the same two models with activations left unquantized
-        differences, tolerances = _compare(without_activation_quantization(masked),
+        differences, tolerances = _compare(Zeroed(exported=without_activation_quantization(zeroed.model())),
                                            without_activation_quantization(pruned), feeds)
     for difference, tolerance in zip(differences, tolerances):
         if not difference <= tolerance:
@@ -99,16 +222,16 @@ def verify_equivalent(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: d
 NOISE_FACTOR = 4
 
 
-def _compare(masked: onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict,
-             actual: list[np.ndarray] | None = None) -> tuple[list[float], list[float]]:
+def _compare(zeroed: Zeroed, pruned: onnx.ModelProto, feeds: dict, actual: list[np.ndarray] | None = None,
+             dense: WeightedSession | None = None) -> tuple[list[float], list[float]]:
     """Per output: the difference, and what is tolerated (allowing the model's own rounding noise)."""
-    expected = run(masked, feeds, "internal error: the zeroed model")
+    expected = zeroed.outputs(feeds, dense)
     if actual is None:
         actual = run(pruned, feeds, "internal error: the pruned model")
     differences = [_max_difference(w, g) for w, g in zip(expected, actual)]
     tolerances = [_tolerance(w) for w in expected]
     if any(not d <= t for d, t in zip(differences, tolerances)):  # NaN fails too
-        floors = rounding_noise(masked, feeds, expected)
+        floors = rounding_noise(zeroed.model(), feeds, expected)
         tolerances = [max(t, NOISE_FACTOR * f) for t, f in zip(tolerances, floors)]
     return differences, tolerances
 

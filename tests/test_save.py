@@ -1,5 +1,6 @@
 """Writing: atomic, never partial, never over the input."""
 import re
+from pathlib import Path
 
 import onnx
 import pytest
@@ -12,12 +13,12 @@ from spa.io.save import check_writable, save_model
 def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "out.onnx"
 
-    def broken_save(model, path, **kwargs):
+    def broken_write(path, data):
         with open(path, "wb") as handle:
-            handle.write(b"partial")
+            handle.write(data[:7])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx, "save", broken_save)
+    monkeypatch.setattr(Path, "write_bytes", broken_write)
     with pytest.raises(SpaError, match="No space left"):
         save_model(conv_transpose(), target)
     assert list(tmp_path.iterdir()) == []

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from spa.errors import SpaError, first_line
 
@@ -32,11 +32,18 @@ class Loaded:
     model: onnx.ModelProto
     base_dir: Path | None = None  # where external data lives; None: all weights in `model`
     path: Path | None = None
-    inferred: onnx.ModelProto | None = None  # the model with every shape that can be known (import_graph)
+    inferred: onnx.ModelProto | None = None  # the model's graph with every shape that can be known (import_graph)
+    serialized: bytes | None = field(default=None, repr=False)  # the file's bytes, where they are `model` exactly
 
     @property
     def external(self) -> bool:
         return self.base_dir is not None
+
+    def take_serialized(self) -> bytes:
+        """The model as bytes, once: the file's own where they are at hand (no second
+        serialization of a big model), and forgotten after, so they are not held twice."""
+        serialized, self.serialized = self.serialized, None
+        return serialized if serialized is not None else self.model.SerializeToString()
 
 
 def load_model(source: ModelSource) -> Loaded:
@@ -51,18 +58,21 @@ def load_model(source: ModelSource) -> Loaded:
             raise SpaError(f"no such file: {path}")
         if not path.is_file():
             raise SpaError(f"not a file: {path}")
-        model = onnx.load(str(path), load_external_data=False)
+        serialized = path.read_bytes()
+        model = onnx.load_model_from_string(serialized)
     except OSError as error:
         raise SpaError(f"cannot read {path}: {error.strerror or first_line(error)}") from None
     except (DecodeError, RuntimeError, ValueError) as error:
         raise SpaError(f"{path} is not a readable ONNX model ({first_line(error)})") from None
-    check_model(model, path)
-    model = _inlined(model)
-    _check_external_files(model, path)
-    _load_small_external(model, path.parent)
-    external = any(uses_external_data(t) for t in model.graph.initializer)
-    loaded = Loaded(model, path.parent if external else None, path)
-    _check_finite(model, loaded.base_dir)
+    exact = not _external_tensors(model)  # the bytes hold the whole model
+    check_model(model, path, serialized if exact else None)
+    inlined = _inlined(model)
+    _check_external_files(inlined, path)
+    _load_small_external(inlined, path.parent)
+    external = bool(_external_tensors(inlined))
+    loaded = Loaded(inlined, path.parent if external else None, path,
+                    serialized=serialized if exact and inlined is model else None)
+    _check_finite(inlined, loaded.base_dir)
     return loaded
 
 
@@ -157,26 +167,71 @@ def _external_finite(tensor: onnx.TensorProto, base_dir: Path | None) -> bool:
     return all(np.isfinite(values[i:i + step]).all() for i in range(0, count, step))
 
 
-def check_model(model: onnx.ModelProto, path: Path | None = None) -> None:
+def check_model(model: onnx.ModelProto, path: Path | None = None, serialized: bytes | None = None) -> None:
+    """onnx.checker on the model: on its `serialized` bytes where they are at hand, else on
+    the file at `path` (which reads external data and works past 2 GB), else in memory."""
     if not model.HasField("graph") or not model.graph.node:
         raise SpaError(f"{path or 'model'} has no graph: not an ONNX model, or truncated")
-    try:  # the path form reads external data and works past 2 GB
-        onnx.checker.check_model(str(path) if path is not None else model)
+    source = serialized if serialized is not None else str(path) if path is not None else model
+    try:
+        onnx.checker.check_model(source)
     except (onnx.checker.ValidationError, ValueError, OSError) as error:
         raise SpaError(f"{path or 'model'} is not a valid ONNX model: {first_line(error)}") from None
 
 
 def import_graph(loaded: Loaded) -> gs.Graph:
-    """gs graph of the model with inferred shapes, Constant nodes as initializers, sorted."""
+    """gs graph of the model with inferred shapes, Constant nodes as initializers, sorted.
+    Shapes are inferred on a copy holding weights as dims only; the graph's constants read
+    their values from the model itself (or its folder), never copied."""
     if loaded.inferred is None:
-        inferred = infer_shapes(loaded.model)
-        loaded.inferred = inferred if loaded.external else measure_open_shapes(inferred)
+        inferred = infer_shapes(shape_only_copy(loaded.model))
+        loaded.inferred = inferred if loaded.external else measure_open_shapes(inferred, loaded.model)
     graph = gs.import_onnx(loaded.inferred)
-    if loaded.external:
-        _read_external_lazily(graph, loaded.base_dir)
+    _read_lazily(graph, loaded.model, loaded.base_dir)
     _constant_nodes_to_initializers(graph)
     graph.toposort()
     return graph
+
+
+KEEP_DATA_ELEMENTS = 1024  # float initializers up to this size keep their values in shape-only copies
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                         onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+                         onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ})
+
+
+def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the data of large float initializers (weights): shape inference needs
+    only their dims, and a copy without them is cheap (and inferable past 2 GB). Small ones
+    keep their values, which inference may need (e.g. Resize scales)."""
+    copy = without_initializers(model)
+    for init in model.graph.initializer:
+        if init.data_type in FLOAT_TYPES and math.prod(init.dims) > KEEP_DATA_ELEMENTS:
+            copy.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+        else:
+            copy.graph.initializer.add().CopyFrom(init)
+    return copy
+
+
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the main graph's initializers, made without copying their data."""
+    copy = onnx.ModelProto()
+    for descriptor, value in model.ListFields():
+        if descriptor.name != "graph":
+            _copy_field(copy, descriptor.name, value)
+    for descriptor, value in model.graph.ListFields():
+        if descriptor.name != "initializer":
+            _copy_field(copy.graph, descriptor.name, value)
+    return copy
+
+
+def _copy_field(message, name: str, value) -> None:
+    target = getattr(message, name)
+    if hasattr(target, "extend"):  # a repeated field
+        target.extend(value)
+    elif hasattr(target, "CopyFrom"):  # a message
+        target.CopyFrom(value)
+    else:
+        setattr(message, name, value)
 
 
 SMALL_TENSOR_BYTES = 4096
@@ -203,6 +258,16 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
+def _read_lazily(graph: gs.Graph, model: onnx.ModelProto, base_dir: Path | None) -> None:
+    """Every constant that is one of the model's initializers reads its values from the
+    model's own tensor (external ones from `base_dir`), when needed."""
+    tensors = graph.tensors()
+    for init in model.graph.initializer:
+        constant = tensors.get(init.name)
+        if isinstance(constant, gs.Constant) and isinstance(constant._values, LazyValues):
+            constant._values = ExternalValues(init, base_dir) if uses_external_data(init) else LazyValues(init)
+
+
 class ExternalValues(LazyValues):
     """Weights in an external data file, read on demand from the model's folder."""
 
@@ -212,13 +277,6 @@ class ExternalValues(LazyValues):
 
     def load(self) -> np.ndarray:
         return numpy_helper.to_array(self.tensor, base_dir=str(self.base_dir))
-
-
-def _read_external_lazily(graph: gs.Graph, base_dir: Path) -> None:
-    for tensor in graph.tensors().values():
-        lazy = getattr(tensor, "_values", None)
-        if isinstance(lazy, LazyValues) and uses_external_data(lazy.tensor):
-            tensor._values = ExternalValues(lazy.tensor, base_dir)
 
 
 def read_values(tensor: gs.Constant) -> np.ndarray:
@@ -231,22 +289,39 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Static shapes wherever they can be known. onnxruntime's symbolic shape inference
     follows Shape/Gather/Concat chains and names dynamic dims consistently; where it fails
     (an op it does not know), onnx's own inference with data propagation is used. Shapes
-    that stay unknown make the analysis keep the channels involved whole."""
-    inferred = _symbolic_shapes(model)
-    if inferred is not None:
+    that stay unknown make the analysis keep the channels involved whole.
+
+    Where onnx's inference alone gives every tensor a static shape (static inputs), that
+    is all there is to know: the symbolic inference (and the sympy it imports, slowly) is
+    not needed."""
+    inferred = _onnx_shapes(model)
+    if inferred is not None and _all_static(inferred):
         return inferred
+    return _symbolic_shapes(model) or inferred or model
+
+
+def _onnx_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
-        return model
+        return None
 
 
-def measure_open_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def _all_static(model: onnx.ModelProto) -> bool:
+    """Does every tensor the main graph computes have a tensor type with a static shape?"""
+    described = {value.name: value for value in list(model.graph.value_info) + list(model.graph.output)}
+    made = [name for node in model.graph.node for name in node.output if name]
+    return all(name in described and _static_value(described[name]) for name in made)
+
+
+def measure_open_shapes(model: onnx.ModelProto, full: onnx.ModelProto) -> onnx.ModelProto:
     """Where every graph input is static but inference left intermediate shapes open (sizes
-    computed by ops it cannot follow), they are static too: run the model once on a
-    synthetic input and write down the shapes onnxruntime saw. Unchanged where inputs are
-    open or the run fails."""
-    from spa.io.inputs import InputMaker  # here: inputs needs nothing of load, but load is imported first
+    computed by ops it cannot follow), they are static too: run the model (`full`: with
+    its weights) once on a synthetic input and write the shapes onnxruntime saw into
+    `model`'s copy. Unchanged where inputs are open or the run fails."""
+    from spa.io.inputs import (
+        InputMaker,  # here: inputs needs nothing of load, but load is imported first
+    )
     from spa.io.runtime import session
     maker = InputMaker(model)
     if any(not isinstance(d, int) for spec in maker.specs for d in spec.shape):
@@ -255,26 +330,28 @@ def measure_open_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     open_values = [v for v in model.graph.value_info if v.name not in outputs and not _static_value(v)]
     if not open_values:
         return model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    copy.graph.output.extend(onnx.ValueInfoProto(name=v.name) for v in open_values)
+    runnable = onnx.ModelProto()
+    runnable.CopyFrom(full)
+    runnable.graph.output.extend(onnx.ValueInfoProto(name=v.name) for v in open_values)
     try:
-        measured = session(copy).run([v.name for v in open_values], maker.feeds())
+        measured = session(runnable).run([v.name for v in open_values], maker.feeds())
     except Exception:  # noqa: BLE001 - a best effort: shapes stay as inferred
         return model
     shapes = {v.name: value.shape for v, value in zip(open_values, measured)}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
     for value in copy.graph.value_info:
         if value.name in shapes:
             del value.type.tensor_type.shape.dim[:]
             for size in shapes[value.name]:
                 value.type.tensor_type.shape.dim.add().dim_value = size
-    del copy.graph.output[len(model.graph.output):]
     return copy
 
 
 def _static_value(value: onnx.ValueInfoProto) -> bool:
     tensor_type = value.type.tensor_type
-    return tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in tensor_type.shape.dim)
+    return value.type.HasField("tensor_type") and tensor_type.HasField("shape") \
+        and all(d.HasField("dim_value") for d in tensor_type.shape.dim)
 
 
 def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -284,6 +361,9 @@ def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 7:  # it supports opset 7 and above
         return None
+    from onnxruntime.tools.symbolic_shape_infer import (
+        SymbolicShapeInference,  # here: it imports sympy, slowly
+    )
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             inference = SymbolicShapeInference(2**31 - 1, True, False, 0)

@@ -47,6 +47,42 @@ def run(model: ModelSource, feeds: dict[str, np.ndarray], what: str = "model") -
         raise SpaError(f"{what} fails in onnxruntime: {_short(error)}") from None
 
 
+class WeightedSession:
+    """One session for a model and every copy of it with other weights: the model's
+    initializers are declared graph inputs too, which onnxruntime takes as defaults that a
+    run may replace. int64 initializers (shapes, axes, indices) stay constants onnxruntime
+    can fold. `serialized` is the model's bytes; the declarations are appended to them
+    (protobuf merges concatenated messages: the graph gains the inputs), so a big model
+    is not serialized again."""
+
+    def __init__(self, model: onnx.ModelProto, serialized: bytes) -> None:
+        self.model = model
+        declared = {value.name for value in model.graph.input}
+        inputs = [onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+                  for tensor in model.graph.initializer
+                  if tensor.data_type != onnx.TensorProto.INT64 and tensor.name not in declared]
+        self.session = session(serialized + onnx.ModelProto(graph=onnx.GraphProto(input=inputs)).SerializeToString())
+        overridable = {value.name for value in self.session.get_overridable_initializers()}  # none below IR 4
+        self.weights = {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in model.graph.initializer
+                        if tensor.name in overridable}
+
+    def takes(self, model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> bool:
+        """Is `model` with `weights` (by initializer name) a run of this session?"""
+        return model is self.model and all(
+            name in self.weights and value.shape == self.weights[name][1]
+            and value.dtype == onnx.helper.tensor_dtype_to_np_dtype(self.weights[name][0])
+            for name, value in weights.items())
+
+    def run(self, feeds: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None,
+            what: str = "model") -> list[np.ndarray]:
+        """All outputs on `feeds`, with `weights` in place of the model's own; a failure is
+        one SpaError line naming `what`."""
+        try:
+            return self.session.run(None, {**feeds, **(weights or {})})
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+            raise SpaError(f"{what} fails in onnxruntime: {_short(error)}") from None
+
+
 def _short(error: BaseException) -> str:
     """onnxruntime's message without its '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
     text = first_line(error)

@@ -19,8 +19,9 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import onnx
 from onnx import numpy_helper
@@ -109,7 +110,8 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool = False,
     in `base_dir`) the weights go to `<name>.<token>.data` beside the model, streamed tensor
     by tensor. Files in `protected` are never written or removed. Returns what `check` returned."""
     directory = path.parent if str(path.parent) else Path(".")
-    external = external_data or base_dir is not None or model.ByteSize() > PROTOBUF_LIMIT
+    serialized = None if external_data or base_dir is not None else _serialized(model)
+    external = serialized is None
     data_name = f"{path.name}.{secrets.token_hex(4)}.data"
     try:
         remove_stale_scratch(directory)
@@ -118,7 +120,7 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool = False,
             if external:
                 _write_external(model, temporary, data_name, base_dir)
             else:
-                onnx.save(model, str(temporary))
+                temporary.write_bytes(serialized)
             result = check(temporary) if check is not None else None
             with _folder_lock(directory):
                 if external:
@@ -128,6 +130,18 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool = False,
             return result
     except OSError as error:
         raise SpaError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _serialized(model: onnx.ModelProto) -> bytes | None:
+    """The model as one protobuf, or None past the 2 GB protobuf limit. (The weights' bytes
+    alone tell when it is surely past; the rest is measured by serializing it, once.)"""
+    if sum(map(tensor_nbytes, model.graph.initializer)) > PROTOBUF_LIMIT:
+        return None
+    try:
+        serialized = model.SerializeToString()
+    except ValueError:  # protobuf refuses messages past 2 GB
+        return None
+    return serialized if len(serialized) <= PROTOBUF_LIMIT else None
 
 
 def _remove_old_data(path: Path, current: str | None, protected: set[Path]) -> None:
