@@ -41,11 +41,15 @@ class Moments:
         return self.absolute / max(self.count, 1)
 
 
+PENDING_BYTES = 64 << 20  # feature rows gathered before one product (a batch of 1 gives few rows)
+
+
 class Hessian:
-    """H = Σ f fᵀ over the feature rows `features(x)` of every batch: each chunk's product
-    in float32 (fast, a few thousand rows), the running sum in float64. Each chunk is scaled
-    by a power of two before the product and back after, so values far from 1 (1e30) neither
-    overflow nor lose precision in float32.
+    """H = Σ f fᵀ over the feature rows `features(x)` of every batch. Rows are gathered up
+    to PENDING_BYTES, then multiplied in float32 (BLAS speed) and added to a float64 sum:
+    a model with a static batch of 1 then does not pay one n x n float64 pass per sample.
+    Each product's rows are scaled by a power of two before it and back after, so values
+    far from 1 (1e30) neither overflow nor lose precision in float32.
 
     While there are at most half as many rows as features (a wide layer late in a CNN, or
     few samples), the rows themselves are kept too (`rows`): H then has low rank, and its
@@ -53,33 +57,46 @@ class Hessian:
 
     def __init__(self, features: Callable[[np.ndarray], np.ndarray]) -> None:
         self.features = features
-        self.matrix: np.ndarray | None = None
         self.count = 0
-        self.kept_rows: list[np.ndarray] | None = []
         self.derived: dict = {}  # what criteria compute from the matrix (its inverse), to compute it once
+        self._sum: np.ndarray | None = None
+        self._pending: list[np.ndarray] = []
+        self._kept: list[np.ndarray] | None = []
+
+    @property
+    def matrix(self) -> np.ndarray | None:
+        self._flush()
+        return self._sum
 
     @property
     def rows(self) -> np.ndarray | None:
         """X with H = XᵀX (float64), while it has at most half as many rows as columns."""
-        return np.concatenate(self.kept_rows) if self.kept_rows else None
+        self._flush()
+        return np.concatenate(self._kept) if self._kept else None
 
     def __call__(self, values: np.ndarray) -> None:
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32, copy=False)
-            scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
-            rows = rows * np.float32(1 / scale)  # a power of two: exact (and a copy: `values` stays as it was)
+            self._pending.append(rows)
             self.count += len(rows)
-            self._keep(rows, scale)
-            product = (rows.T @ rows).astype(np.float64)
-            del rows
-            product *= scale ** 2
-            if self.matrix is None:
-                self.matrix = product
-            else:
-                self.matrix += product
+            if sum(r.nbytes for r in self._pending) >= PENDING_BYTES:
+                self._flush()
 
-    def _keep(self, rows: np.ndarray, scale: float) -> None:
-        if self.kept_rows is not None and 2 * self.count <= rows.shape[1]:
-            self.kept_rows.append(rows.astype(np.float64) * scale)
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending = []
+        scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
+        rows = rows * np.float32(1 / scale)  # a power of two: exact (and a copy: the activations stay as they were)
+        if self._kept is not None and 2 * self.count <= rows.shape[1]:
+            self._kept.append(rows.astype(np.float64) * scale)
         else:
-            self.kept_rows = None
+            self._kept = None
+        product = (rows.T @ rows).astype(np.float64)
+        del rows
+        product *= scale ** 2
+        if self._sum is None:
+            self._sum = product
+        else:
+            self._sum += product
