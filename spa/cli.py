@@ -120,29 +120,60 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends as one line on stderr and a non-zero exit."""
-    with _guarded_stderr() as stderr:
-        try:
-            with _terminate_as_exit():
-                args = build_parser().parse_args(argv)
-                return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
-        except SpaError as error:
-            _say(stderr, f"spa: error: {error}")
-            return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
-        except KeyboardInterrupt:
+    interrupted: list[bool] = []  # Ctrl-C seen: whatever fails after it (an import cut short) is the interrupt
+    try:
+        with _guarded_stderr() as stderr, _interrupt_noted(interrupted):
+            return _run(argv, stderr, interrupted)
+    except KeyboardInterrupt:  # it came while stderr was being restored: spa's line is already out, or goes now
+        if len(interrupted) <= 1:
+            _say(sys.stderr, "spa: interrupted; nothing written")
+        return 130
+
+
+def _run(argv: list[str] | None, stderr, interrupted: list[bool]) -> int:
+    try:
+        with _terminate_as_exit():
+            args = build_parser().parse_args(argv)
+            return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
+    except SpaError as error:
+        _say(stderr, f"spa: error: {error}")
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
+    except KeyboardInterrupt:
+        interrupted.append(True)
+        _say(stderr, "spa: interrupted; nothing written")
+        return 130
+    except _Terminated:
+        _say(stderr, "spa: terminated; nothing written")
+        return 143
+    except BrokenPipeError:  # `spa inspect model.onnx | head`: the reader has all it wants
+        _quiet_stdout()
+        return 0
+    except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
+        if interrupted:  # e.g. "ImportError: initialization failed" from an extension cut short by Ctrl-C
             _say(stderr, "spa: interrupted; nothing written")
             return 130
-        except _Terminated:
-            _say(stderr, "spa: terminated; nothing written")
-            return 143
-        except BrokenPipeError:  # `spa inspect model.onnx | head`: the reader has all it wants
-            _quiet_stdout()
-            return 0
-        except Exception as error:  # noqa: BLE001 - never a traceback unless asked for
-            if os.environ.get("SPA_DEBUG"):
-                traceback.print_exc(file=stderr)
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _say(stderr, f"spa: internal error: {type(error).__name__}: {message} (SPA_DEBUG=1 shows more)")
-            return EXIT_INTERNAL
+        if os.environ.get("SPA_DEBUG"):
+            traceback.print_exc(file=stderr)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _say(stderr, f"spa: internal error: {type(error).__name__}: {message} (SPA_DEBUG=1 shows more)")
+        return EXIT_INTERNAL
+
+
+@contextlib.contextmanager
+def _interrupt_noted(interrupted: list[bool]) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered in `interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        interrupted.append(True)
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _say(stream, line: str) -> None:

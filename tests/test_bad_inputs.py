@@ -322,8 +322,8 @@ def test_interrupt_during_start_up_is_one_line(tmp_path):
         command.send_signal(signal.SIGINT)
         command.wait(timeout=60)
         stderr = command.stderr.read()
-        if "init_import_site" in stderr:
-            continue
+        if "init_import_site" in stderr or (command.returncode == -signal.SIGINT and not stderr):
+            continue  # before Python's own handler exists (a loaded machine starts slowly): the OS's default
         checked += 1
         assert "Traceback" not in stderr, stderr
         assert command.returncode in (0, 130) and len(stderr.strip().splitlines()) <= 1, stderr

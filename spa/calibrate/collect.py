@@ -77,7 +77,7 @@ class Hessian:
     def __call__(self, values: np.ndarray) -> None:
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32, copy=False)
-            self._pending.append(rows)
+            self._pending.append(rows.copy() if np.shares_memory(rows, chunk) else rows)  # scaled in place later
             self.count += len(rows)
             if sum(r.nbytes for r in self._pending) >= PENDING_BYTES:
                 self._flush()
@@ -88,15 +88,17 @@ class Hessian:
         rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending = []
         scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
-        rows = rows * np.float32(1 / scale)  # a power of two: exact (and a copy: the activations stay as they were)
+        rows *= np.float32(1 / scale)  # a power of two: exact
         if self._kept is not None and 2 * self.count <= rows.shape[1]:
             self._kept.append(rows.astype(np.float64) * scale)
         else:
             self._kept = None
-        product = (rows.T @ rows).astype(np.float64)
+        product = rows.T @ rows  # entries at most len(rows): float32 holds them times any scale² in range
         del rows
-        product *= scale ** 2
         if self._sum is None:
-            self._sum = product
+            self._sum = np.zeros(product.shape)
+        if 1e-30 < scale ** 2 < 1e30:
+            product *= np.float32(scale ** 2)  # a power of two: exact
+            self._sum += product  # cast while adding: no float64 copy of an n x n matrix
         else:
-            self._sum += product
+            self._sum += product.astype(np.float64) * scale ** 2
