@@ -133,7 +133,7 @@ def obs_prune(layers: list[Layer], count: int,
     early when no channel is eligible. Weights are updated in place, removed columns exactly 0.
     """
     total = _channel_count(layers)
-    inverses = [_Eliminated(layer.inverse_hessian(damping), layer.blocks) for layer in layers]
+    inverses = [_Eliminated(layer.inverse_hessian(damping), layer.blocks, count) for layer in layers]
     per_step = math.ceil(count / max(max_steps, 1)) if count > 0 else 0
     removed: set[int] = set()
     while len(removed) < min(count, total):
@@ -156,9 +156,10 @@ class _Eliminated:
     O(n²) (the same Schur complements `_eliminate` computes, in factored form). The
     diagonal blocks of the channels, all that the costs read, are kept up to date."""
 
-    def __init__(self, inverse: np.ndarray, blocks: list[np.ndarray]) -> None:
+    def __init__(self, inverse: np.ndarray, blocks: list[np.ndarray], count: int) -> None:
         self.start = inverse
-        self.storage = np.zeros((len(inverse), 64))
+        widest = sorted((len(b) for b in blocks), reverse=True)[:count]
+        self.storage = np.empty((len(inverse), sum(widest)))  # Z never has more columns than `count` blocks
         self.used = 0  # columns of storage holding Z
         self.by_size: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for size in {len(b) for b in blocks} - {0}:
@@ -197,10 +198,6 @@ class _Eliminated:
         return self.storage[:, :self.used]
 
     def _append(self, columns: np.ndarray) -> None:
-        if self.used + columns.shape[1] > self.storage.shape[1]:  # grow by doubling: amortized O(1) copies
-            grown = np.zeros((len(self.storage), 2 * (self.used + columns.shape[1])))
-            grown[:, :self.used] = self.factor
-            self.storage = grown
         self.storage[:, self.used:self.used + columns.shape[1]] = columns
         self.used += columns.shape[1]
 
