@@ -34,9 +34,9 @@ Everything (about 700 prune calls) takes 5-10 minutes on 2 cores: run it in the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import hashlib
 import statistics
 import subprocess
 import sys
@@ -52,8 +52,8 @@ import onnx
 import onnxruntime as ort
 
 from spa.api import prune
-from spa.errors import SpaError
 from spa.criteria import CRITERIA as REGISTERED
+from spa.errors import SpaError
 
 CRITERIA = tuple(REGISTERED)
 MAGNITUDE_CRITERIA = tuple(name for name, method in REGISTERED.items() if not method.needs_data)
@@ -220,10 +220,11 @@ def build_sentence_model() -> Path:
     stamp = out / f"{SENTENCE_MODEL}.stamp"
     if stamp.exists() and stamp.read_text() == digest and (out / f"{SENTENCE_MODEL}.json").exists():
         return out
-    sys.path.insert(0, str(ROOT / "tools"))
-    from wild_corpus import FAMILIES_DIR, venv_python  # the hf_torch family has what the export needs
+    # tools/ is on sys.path when run as a script
+    from wild_corpus import FAMILIES_DIR, venv_python
+
     log(f"{SENTENCE_MODEL}: exporting with {SENTENCE_BUILDER.name} (first run: makes the hf_torch venv)")
-    python = venv_python("hf_torch", FAMILIES_DIR / "hf_torch.py")
+    python = venv_python("hf_torch", FAMILIES_DIR / "hf_torch.py")  # that family has what the export needs
     subprocess.run([str(python), str(SENTENCE_BUILDER), "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
     stamp.write_text(digest)
     return out
@@ -295,14 +296,14 @@ def format_sentence(result: dict) -> list[str]:
         return out + [f"Not measured: {result['error']}", ""]
     info = result["info"]
     weights = "trained weights" if info["trained"] else "RANDOM weights (no trained model found)"
-    out += [f"{info['source']} ({weights}); {info['exporter']}; torch vs onnxruntime max difference "
-            f"{info['torch_vs_onnxruntime']:.1e}. Pruned at ratio {SENTENCE_RATIO:g} of "
-            f"{' and '.join(SENTENCE_TARGETS)} (local, round_to={ROUND_TO}); calibration: {info['calibration']}. "
-            f"Measured on the {result['sentences']} held-out sentences of 50 paraphrase pairs "
-            f"(tools/paraphrases.py): cosine of pruned to dense embedding, and retrieval P@1 (each sentence's "
-            f"partner is its nearest neighbour on the other side; both directions). "
-            f"Dense P@1: {result['dense_p1']:.2f}. Section time {result['seconds']:.0f} s "
-            f"(build/cache check {result['build_s']:.0f} s).", ""]
+    out += [(f"{info['source']} ({weights}); {info['exporter']}; torch vs onnxruntime max difference "
+             f"{info['torch_vs_onnxruntime']:.1e}. Pruned at ratio {SENTENCE_RATIO:g} of "
+             f"{' and '.join(SENTENCE_TARGETS)} (local, round_to={ROUND_TO}); calibration: {info['calibration']}. "
+             f"Measured on the {result['sentences']} held-out sentences of 50 paraphrase pairs "
+             f"(tools/paraphrases.py): cosine of pruned to dense embedding, and retrieval P@1 (each sentence's "
+             f"partner is its nearest neighbour on the other side; both directions). "
+             f"Dense P@1: {result['dense_p1']:.2f}. Section time {result['seconds']:.0f} s "
+             f"(build/cache check {result['build_s']:.0f} s)."), ""]
     lines = []
     for row in result["rows"]:
         if "error" in row:
