@@ -1,7 +1,9 @@
 """50 paraphrase pairs for the sentence-embedding row of tools/bench_quality.py, written for it.
 
-Each pair says one thing twice in different words; the pairs cover unrelated topics, so a good
-sentence encoder retrieves each sentence's partner as its nearest neighbour among the other side.
+Each pair says one thing twice in different words; the pairs cover unrelated topics. NEAR_MISSES[i]
+shares PAIRS[i]'s topic and many of its words but says something else (often the opposite): a
+distractor that a sentence encoder must rank below the true partner, so retrieval does not reduce
+to matching topics.
 """
 
 PAIRS = [
@@ -55,4 +57,57 @@ PAIRS = [
     ("The dog barked at the mail carrier all morning.", "All morning long, the dog kept barking at the postman."),
     ("Solar panels convert sunlight into electricity.", "Sunlight is turned into electric power by solar panels."),
     ("The shop offers a discount to customers over sixty.", "Shoppers older than sixty get reduced prices at the store."),
+]
+
+NEAR_MISSES = [
+    "The train to Berlin left exactly on time.",
+    "She remembered her umbrella and stayed perfectly dry.",
+    "The recipe uses no eggs and no flour at all.",
+    "He has never played any musical instrument.",
+    "The stock market rose sharply on Monday morning.",
+    "My laptop battery lasts for a whole day.",
+    "The museum is open every day, holidays included.",
+    "Dogs are awake for most of the day.",
+    "The children knocked down a sandcastle on the beach.",
+    "Please leave the lights on when you leave the room.",
+    "The old bridge was closed to traffic last spring.",
+    "He was angry that the meeting started late.",
+    "The doctor advised him to drink less coffee.",
+    "Our team lost the championship after a tense final.",
+    "The bakery stopped selling bread in the mornings.",
+    "The volcano has been quiet for centuries.",
+    "I found my keys in the kitchen drawer.",
+    "The company plans to lay off fifty engineers this year.",
+    "The river dried up after months without rain.",
+    "She speaks only English and no other language.",
+    "The concert went ahead even though the singer was ill.",
+    "Bees can sting people who disturb their hives.",
+    "The password can be as short as you like.",
+    "He broke the chair while trying to stand on it.",
+    "The hotel room faced a noisy parking lot.",
+    "Prices at the supermarket have fallen a lot lately.",
+    "The students asked the teacher to return their essays.",
+    "Whales can hold their breath for a long time.",
+    "The flight was half empty, so I had a whole row to myself.",
+    "Regular exercise can cause injuries to the knees.",
+    "The library closed early during the exam period.",
+    "A gentle breeze moved the leaves of the trees overnight.",
+    "He sold his bicycle and bought an old car.",
+    "The software update caused a new login problem.",
+    "The garden has no flowers at all in June.",
+    "She was fired from the marketing department.",
+    "The soup needs a little more salt.",
+    "Astronomers lost track of a comet near a distant star.",
+    "The baby woke up crying after midnight.",
+    "The road was reopened on Friday after the repairs.",
+    "My grandmother never talks about her youth.",
+    "The printer has plenty of paper but no ink.",
+    "The city raised bus fares for students.",
+    "He won the chess game in just twenty moves.",
+    "The ice on the lake is thick enough to skate on.",
+    "They sold their house to pay off their debts.",
+    "The film was panned by critics.",
+    "The dog slept quietly while the mail carrier came.",
+    "Solar panels lose efficiency when they get dirty.",
+    "The shop charges customers over sixty the full price.",
 ]

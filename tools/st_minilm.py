@@ -9,8 +9,9 @@ tools/bench_quality.py makes that environment and calls this script. Writes to -
   attention), inputs input_ids / attention_mask / token_type_ids [batch, sequence], output
   sentence_embedding [batch, 384];
 - st_minilm_l6.npz: `calib_<input>` (CALIB_COUNT sentences from the Python standard library's
-  docstrings, a different domain than the test set) and `a_<input>`, `b_<input>` (the two sides
-  of tools/paraphrases.py), each padded to its longest sentence;
+  docstrings, a different domain than the test set), `a_<input>`, `b_<input>` (the two sides
+  of the pairs of tools/paraphrases.py) and `near_<input>` (its near misses), each padded to its
+  longest sentence;
 - st_minilm_l6.json: what was built, whether the weights are trained, and the largest
   difference between the torch and onnxruntime embeddings.
 
@@ -33,7 +34,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from paraphrases import PAIRS
+from paraphrases import NEAR_MISSES, PAIRS
 
 NAME = "st_minilm_l6"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -107,15 +108,16 @@ def main() -> None:
     st[0].auto_model.config._attn_implementation = "eager"  # plain MatMul/Softmax attention in the graph
 
     a, b = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
-    arrays = {f"{prefix}_{k}": v for prefix, sentences in (("calib", calibration_sentences(CALIB_COUNT)), ("a", a),
-                                                           ("b", b)) for k, v in tokens(st, sentences).items()}
+    sets = {"calib": calibration_sentences(CALIB_COUNT), "a": a, "b": b, "near": list(NEAR_MISSES)}
+    arrays = {f"{prefix}_{k}": v for prefix, sentences in sets.items() for k, v in tokens(st, sentences).items()}
     model = args.out / f"{NAME}.onnx"
     export(st, {k: arrays[f"a_{k}"][:2] for k in INPUTS}, model)
     np.savez(args.out / f"{NAME}.npz", **arrays)
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     difference = 0.0
-    for side, sentences in (("a", a), ("b", b)):
+    for side in ("a", "b", "near"):
+        sentences = sets[side]
         onnx_out = session.run(None, {k: arrays[f"{side}_{k}"] for k in INPUTS})[0]
         torch_out = st.encode(sentences, convert_to_numpy=True, normalize_embeddings=False)
         difference = max(difference, float(np.abs(onnx_out - torch_out).max()))
