@@ -462,7 +462,8 @@ def parse_list(text: str, convert: Callable[[str], Any] = str) -> list:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=parse_list, help=f"comma-separated, from {', '.join(MODELS)}, {SENTENCE_MODEL}")
+    parser.add_argument("--models", type=parse_list,
+                        help=f"comma-separated, from {', '.join(MODELS)}, {SENTENCE_MODEL}")
     parser.add_argument("--criteria", type=parse_list, default=list(CRITERIA), help="comma-separated")
     parser.add_argument("--ratios", type=lambda t: parse_list(t, float), help="comma-separated, for Table A")
     parser.add_argument("--quick", action="store_true",
@@ -472,7 +473,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     args.models = args.models or list(QUICK_MODELS if args.quick else [*MODELS, SENTENCE_MODEL])
     args.ratios = sorted(args.ratios or (QUICK_RATIOS if args.quick else RATIOS))
-    for value, known, what in ((args.models, [*MODELS, SENTENCE_MODEL], "model"), (args.criteria, CRITERIA, "criterion")):
+    models = [*MODELS, SENTENCE_MODEL]
+    for value, known, what in ((args.models, models, "model"), (args.criteria, CRITERIA, "criterion")):
         unknown = sorted(set(value) - set(known))
         if unknown:
             parser.error(f"unknown {what} {unknown[0]!r} (choose from {', '.join(known)})")
@@ -492,8 +494,8 @@ def main() -> None:
     args.out.write_text(text + "\n")
     as_json = [{**r, **{t: [[asdict(c) for c in row] for row in r[t]] for t in ("table_a", "table_b")}}
                for r in results]
-    args.out.with_suffix(".json").write_text(json.dumps({"elapsed_s": elapsed, "results": as_json, "sentence": sentence},
-                                                        indent=1))
+    summary = {"elapsed_s": elapsed, "results": as_json, "sentence": sentence}
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     log(f"wrote {args.out} and {args.out.with_suffix('.json')} in {elapsed:.0f} s")
 
 

@@ -310,7 +310,8 @@ def row(case: Case, r: Result) -> list[str]:
     ratio = "-" if r.spa_s is None or not r.dense_run_s else f"{r.spa_s / r.dense_run_s:.0f}x"
     params = (f"{r.params_before / 1e6:.1f}M -> {r.params_after / 1e6:.1f}M"
               if r.params_before and r.params_after is not None else "-")
-    return [case.name, case.description, f"{r.model_bytes / GIB:.2f}", f"{r.dense_run_s:.2f} (+{r.dense_session_s:.1f})",
+    dense = f"{r.dense_run_s:.2f} (+{r.dense_session_s:.1f})"
+    return [case.name, case.description, f"{r.model_bytes / GIB:.2f}", dense,
             spa, ratio, "-" if r.spa_peak_rss is None else f"{r.spa_peak_rss / GIB:.2f}", r.status, r.pruned or "-",
             params, "; ".join(r.targets) or "-", f"{r.load_before:.1f}/{r.load_after:.1f}"]
 
