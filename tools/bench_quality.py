@@ -435,8 +435,9 @@ def markdown(results: list[dict], args: argparse.Namespace, elapsed: float, sent
     out = ["# Pruning quality without fine-tuning", "",
            f"`python tools/bench_quality.py {' '.join(sys.argv[1:])}`: spa.api.prune at round_to={ROUND_TO}, "
            f"{args.calib_samples or 'all'} calibration samples, onnxruntime {ort.__version__} CPU, "
-           f"{os.cpu_count()} cores, total {elapsed / 60:.1f} min. Cells are test accuracy in % "
-           "(400 samples); `*` marks the call run with verify=True.", ""]
+           f"{os.cpu_count()} cores, total {elapsed / 60:.1f} min. "
+           + ("Cells are test accuracy in % (400 samples); " if results else "")
+           + "`*` marks the call run with verify=True.", ""]
     for result in results:
         out += [f"## {result['model']}", "", f"Accuracy before pruning: {result['accuracy_before']:.2f}%", "",
                 "Table A: ratio sweep, local scope", ""]
