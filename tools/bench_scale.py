@@ -312,6 +312,7 @@ def targets(case: Case, r: Result) -> list[str]:
 def row(case: Case, r: Result) -> list[str]:
     spa = "-" if r.spa_s is None else (f">{r.spa_s:.0f}" if r.status == "timeout" else f"{r.spa_s:.1f}")
     ratio = "-" if r.spa_s is None or not r.dense_run_s else f"{r.spa_s / r.dense_run_s:.0f}x"
+    ratio = f">{ratio}" if r.status == "timeout" and ratio != "-" else ratio
     params = (f"{r.params_before / 1e6:.1f}M -> {r.params_after / 1e6:.1f}M"
               if r.params_before and r.params_after is not None else "-")
     dense = f"{r.dense_run_s:.2f} (+{r.dense_session_s:.1f})"
