@@ -280,7 +280,8 @@ def run_case(case: Case, args: argparse.Namespace, workdir: Path, built: dict[st
     result.stderr_tail = " | ".join((workdir / f"{case.name}.stderr").read_text().strip().splitlines()[-3:])
     if result.status == "ok":
         result.pruned = check_pruned(pruned, data, dense_shapes) if pruned.exists() else "not written"
-        result.params_before, result.params_after = count_params(model), count_params(pruned)
+        result.params_before = count_params(model)
+        result.params_after = count_params(pruned) if pruned.exists() else None
     result.targets = targets(case, result)
     for suffix in (".pruned.onnx", ".calib.npz"):  # keep the disk free for the next case
         for leftover in workdir.glob(f"{case.name}{suffix}*"):
@@ -362,7 +363,10 @@ def main() -> None:
     try:
         for name in args.only:
             case = CASES[name]
-            result = run_case(case, args, workdir, built)
+            try:
+                result = run_case(case, args, workdir, built)
+            except Exception as error:  # noqa: BLE001 - the other cases still run
+                result = Result(case.name, case.samples, status=f"error: {type(error).__name__}: {error}"[:200])
             results.append(result)
             rows.append(row(case, result))
             print(" ".join(f"{h}={v}" for h, v in zip(HEADER, rows[-1])))
