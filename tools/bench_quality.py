@@ -28,7 +28,8 @@ MLP neurons, and measures the cosine of pruned to dense embeddings and paraphras
 Usage: python tools/bench_quality.py [--models digits_resnet_bn,digits_transformer,st_minilm_l6]
            [--criteria obs,l2] [--ratios 0.1,0.3] [--quick] [--calib-samples N]
            [--out tools/results/quality.md]
-Everything (about 700 prune calls) takes 5-10 minutes on 2 cores: run it in the background.
+Everything (about 700 prune calls) takes 5-10 minutes on 2 cores, plus 4-5 for the sentence row (its
+obs prune is most of it; the first run also exports the model, about 1.5 min): run it in the background.
 """
 
 from __future__ import annotations
