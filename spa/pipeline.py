@@ -55,6 +55,10 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     if loaded.external and verify and outputs.model is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     reference = reference_run(loaded, calibration, seed) if verify else None
+    if reference is not None and calibration is not None:
+        # calibration passes hold one layer's statistics at a time: the input's session would
+        # stay alive through them, so the zeroed model gets a session of its own instead
+        reference = replace(reference, dense=None)
     loaded.serialized = None  # the input file's bytes: taken by its session above, unused without verification
     feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
     pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds)
