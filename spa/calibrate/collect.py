@@ -41,7 +41,7 @@ class Moments:
         return self.absolute / max(self.count, 1)
 
 
-PENDING_BYTES = 64 << 20  # feature rows gathered before one product (a batch of 1 gives few rows)
+PENDING_BYTES = 32 << 20  # feature rows gathered before one product (a batch of 1 gives few rows)
 
 
 class Hessian:
@@ -61,6 +61,7 @@ class Hessian:
         self.derived: dict = {}  # what criteria compute from the matrix (its inverse), to compute it once
         self._sum: np.ndarray | None = None
         self._pending: list[np.ndarray] = []
+        self._pending_max = 0.0  # largest |value| in the pending rows
         self._kept: list[np.ndarray] | None = []
 
     @property
@@ -78,6 +79,7 @@ class Hessian:
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32, copy=False)
             self._pending.append(rows.copy() if np.shares_memory(rows, chunk) else rows)  # scaled in place later
+            self._pending_max = max(self._pending_max, float(rows.max(initial=0.0)), -float(rows.min(initial=0.0)))
             self.count += len(rows)
             if sum(r.nbytes for r in self._pending) >= PENDING_BYTES:
                 self._flush()
@@ -85,19 +87,22 @@ class Hessian:
     def _flush(self) -> None:
         if not self._pending:
             return
-        rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending = []
-        scale = 2.0 ** np.floor(np.log2(max(float(np.max(np.abs(rows), initial=0.0)), 1e-30)))
-        rows *= np.float32(1 / scale)  # a power of two: exact
-        if self._kept is not None and 2 * self.count <= rows.shape[1]:
-            self._kept.append(rows.astype(np.float64) * scale)
-        else:
-            self._kept = None
-        product = rows.T @ rows  # entries at most len(rows): float32 holds them times any scale² in range
-        del rows
+        pieces, self._pending = self._pending, []
+        scale = 2.0 ** np.floor(np.log2(max(self._pending_max, 1e-30)))
+        self._pending_max = 0.0
+        product = None
+        for rows in pieces:
+            rows *= np.float32(1 / scale)  # a power of two: exact
+            if self._kept is not None and 2 * self.count <= rows.shape[1]:
+                self._kept.append(rows.astype(np.float64) * scale)
+            else:
+                self._kept = None
+            part = rows.T @ rows
+            product = part if product is None else np.add(product, part, out=product)
+        del pieces, rows
         if self._sum is None:
             self._sum = np.zeros(product.shape)
-        if 1e-30 < scale ** 2 < 1e30:
+        if 1e-30 < scale ** 2 < 1e30:  # entries are at most the row count: float32 holds them times scale²
             product *= np.float32(scale ** 2)  # a power of two: exact
             self._sum += product  # cast while adding: no float64 copy of an n x n matrix
         else:
