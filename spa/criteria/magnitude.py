@@ -46,11 +46,10 @@ class BnScale(Criterion):
 
 def member_powers(member: Member, values: np.ndarray, power: int) -> np.ndarray:
     """Sum of |w|^power over each channel's slice of one member."""
-    values = values.astype(np.float64)  # squares of float32 denormals (dead channels of trained models) are not 0
-    magnitudes = np.abs(values) if power == 1 else np.square(values)
+    # in float64: squares of float32 denormals (dead channels of trained models) are not 0
+    magnitudes = np.abs(values, dtype=np.float64) if power == 1 else np.square(values, dtype=np.float64)
     if member.within is None:
-        moved = np.moveaxis(magnitudes, member.axis, 0).reshape(values.shape[member.axis], -1)
-        per_position = moved.sum(axis=1, dtype=np.float64)
+        per_position = magnitudes.sum(axis=tuple(a for a in range(values.ndim) if a != member.axis))
         channels = np.repeat(np.arange(len(member.index)), [len(index) for index in member.index])
         positions = np.fromiter((p for index in member.index for p in index), dtype=np.int64, count=len(channels))
         return np.bincount(channels, weights=per_position[positions], minlength=len(member.index))

@@ -50,8 +50,9 @@ def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int],
 
 def _zero_all(graph: gs.Graph, picks) -> dict[int, list[int]]:
     removed: dict[int, list[int]] = {}
+    copied: set[str] = set()
     for group, channels in picks:
-        zero_channels(graph, group, channels)
+        zero_channels(graph, group, channels, copied)
         removed[group.id] = channels
     return removed
 
@@ -75,14 +76,26 @@ def mark_removed(positions: dict[tuple[str, int], set[int]], group: Group, chann
                 p for c in channels for p in member.index[c])
 
 
-def zero_channels(graph: gs.Graph, group: Group, channels: list[int]) -> None:
-    """Set every member slice of `channels` to 0 (a divisor to 1, which is inert)."""
+def zero_channels(graph: gs.Graph, group: Group, channels: list[int], copied: set[str] | None = None) -> None:
+    """Set every member slice of `channels` to 0 (a divisor to 1, which is inert). A weight
+    is copied before its first change; those named in `copied` are this pass's own copies,
+    changed in place (and are added to it)."""
     tensors = graph.tensors()
+    copied = set() if copied is None else copied
     for member in group.members:
         tensor = tensors[member.initializer]
-        values = np.array(read_values(tensor))
-        for channel in channels:
-            values[_slice(member, channel, values.ndim)] = 1 if member.role == "divisor" else 0
+        values = read_values(tensor)
+        if member.initializer not in copied:  # the input's bytes, or an array another tensor may share
+            values = np.array(values)
+            copied.add(member.initializer)
+        fill = 1 if member.role == "divisor" else 0
+        if member.within is None:  # all channels' positions along one axis at once
+            index: list = [slice(None)] * values.ndim
+            index[member.axis] = np.asarray([p for c in channels for p in member.index[c]], dtype=np.int64)
+            values[tuple(index)] = fill
+        else:
+            for channel in channels:
+                values[_slice(member, channel, values.ndim)] = fill
         tensor.values = values
 
 
