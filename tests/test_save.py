@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from edge_models import conv_transpose
@@ -47,3 +48,29 @@ def test_input_is_never_the_output(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(SpaError, match="input"):
         check_writable(tmp_path / "." / "m.onnx", path)
+
+
+def test_export_writes_large_weights_once_and_exactly():
+    """Weights past STUB_BYTES go into the model directly: the same model as
+    onnx-graphsurgeon's export, and the graph keeps its values."""
+    import onnx_graphsurgeon as gs
+
+    from spa.io.export import STUB_BYTES, export
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((STUB_BYTES // 4 // 64 + 1, 64)).astype(np.float32)
+    small = rng.standard_normal((64, 3)).astype(np.float32)
+    x = gs.Variable("x", np.float32, [2, big.shape[0]])
+    hidden, y = gs.Variable("hidden", np.float32), gs.Variable("y", np.float32, [2, 3])
+    weight = gs.Constant("big", big)
+    nodes = [gs.Node("MatMul", "mm1", inputs=[x, weight], outputs=[hidden]),
+             gs.Node("MatMul", "mm2", inputs=[hidden, gs.Constant("small", small)], outputs=[y])]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[y], opset=17)
+    original = gs.export_onnx(graph)
+    original.ir_version = 8
+    model = export(graph, original)
+    onnx.checker.check_model(model, full_check=True)
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(written["big"], big)
+    np.testing.assert_array_equal(written["small"], small)
+    assert weight.values is big  # the graph's own values are back
+    assert model.graph.SerializeToString() == original.graph.SerializeToString()

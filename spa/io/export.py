@@ -2,13 +2,17 @@
 metadata, and graph inputs and outputs exactly as the input declared them."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+STUB_BYTES = 1 << 20  # weights at least this large are written into the model directly
 
 
 def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The rewritten graph as a model with the original's IR version, opsets and metadata."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    model = _export_with_weights_once(graph)
     _keep_original_value_info(model, original)
     if original.ir_version < 4:  # IR 3: every initializer is also a graph input
         _initializers_as_inputs(model)
@@ -45,3 +49,30 @@ def _keep_original_value_info(model: onnx.ModelProto, original: onnx.ModelProto)
     kept = [value for value in model.graph.value_info if value.name in described]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
+
+
+def _export_with_weights_once(graph: gs.Graph) -> onnx.ModelProto:
+    """gs.export_onnx, with each large in-memory weight copied into the model once.
+
+    onnx-graphsurgeon builds a tensor proto per weight, then onnx.helper copies them into
+    the graph and the graph into the model: three transient copies of every weight (a
+    1.6 GB pruned decoder peaked at 5.9 GB here). Large weights are exported as empty
+    stubs instead and their bytes written into the finished model's initializers."""
+    stubbed = {}
+    for tensor in graph.tensors().values():
+        values = tensor._values if isinstance(tensor, gs.Constant) else None
+        if isinstance(values, np.ndarray) and values.nbytes >= STUB_BYTES and tensor.export_dtype == tensor.dtype:
+            stub = onnx.TensorProto(name=tensor.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
+                                    dims=values.shape)
+            stubbed[tensor.name] = (tensor, values)
+            tensor.values = LazyValues(stub)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, values in stubbed.values():
+            tensor.values = values
+    for initializer in model.graph.initializer:
+        if initializer.name in stubbed:
+            values = stubbed[initializer.name][1]
+            initializer.raw_data = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+    return model
