@@ -274,6 +274,8 @@ def _prune(args: argparse.Namespace) -> int:
               "nothing written")
         return 0
     print(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
+    if result.report["caution"]:
+        print(f"spa: note: {result.report['caution']}")
     print(prune_summary(result.report))
     return 0
 

@@ -77,6 +77,26 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def statistics_source(calibration: Calibration | None) -> str:
+    """What the scores and repairs were computed from."""
+    if calibration is None:
+        return "weights only"
+    return "synthetic inputs" if calibration.source == "synthetic" else "calibration data"
+
+
+def data_caution(calibration: Calibration | None) -> str | None:
+    """What pruning without real data usually costs, in a sentence (None with real data)."""
+    if calibration is None:
+        return ("no calibration data: channels were ranked by their weights alone and nothing was repaired; "
+                "a trained model often loses most of its accuracy this way (README, Quality: l2 at ratio 0.3 "
+                "leaves the digits CNNs near chance). With data: --calib DATA --criterion obs")
+    if calibration.source == "synthetic":
+        return ("no calibration data: statistics came from synthetic inputs (N(0,1) floats, random token ids), "
+                "which rarely look like real inputs; on trained CNNs this costs most of the accuracy "
+                "(README, Quality). With data: --calib DATA")
+    return None
+
+
 def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
             pruned: onnx.ModelProto, plan: "Plan", calibration: Calibration | None, history: list[dict],
             feeds: dict | None) -> dict:
@@ -100,5 +120,6 @@ def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scor
             "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
             "calibration": None if calibration is None else {"source": calibration.source,
                                                              "samples": calibration.samples},
+            "statistics": statistics_source(calibration), "caution": data_caution(calibration),
             "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),
             "max_output_difference": None}

@@ -45,6 +45,29 @@ def test_report_lists_removed_channels(model, tmp_path):
     assert report["after"]["params"] < report["before"]["params"]
 
 
+@pytest.mark.parametrize("extra, statistics, note", [
+    ([], "weights only", "ranked by their weights alone"),
+    (["--criterion", "obs", "--calib-samples", "8"], "synthetic inputs", "synthetic inputs"),
+    (["--criterion", "obs", "--calib", "DATA"], "calibration data", None),
+])
+def test_prune_says_what_its_statistics_came_from(model, tmp_path, capsys, extra, statistics, note):
+    """Without data, spa says plainly what it did and what that usually costs, on stdout
+    and in the report; with data it says nothing more."""
+    import numpy as np
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    extra = [str(tmp_path / "calib.npz") if item == "DATA" else item for item in extra]
+    report_path = tmp_path / "report.json"
+    assert main(["prune", str(model), "--ratio", "0.4", "-o", str(tmp_path / "out.onnx"),
+                 "--report", str(report_path), *extra]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["statistics"] == statistics
+    if note is None:
+        assert "spa: note:" not in printed and report["caution"] is None
+    else:
+        assert "spa: note: " in printed and note in printed and note in report["caution"]
+
+
 def test_output_keeps_ir_version_opsets_and_metadata(model, tmp_path):
     original = onnx.load(str(model))
     original.metadata_props.add(key="author", value="team")
