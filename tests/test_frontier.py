@@ -180,3 +180,27 @@ def test_external_data_weights_are_fed_to_segments(tmp_path):
     ours, theirs = _weights(written), _weights(internal.model)
     for key, value in theirs.items():
         np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_omitted_optional_tensors_are_no_dependency():
+    """An omitted optional input and an unused optional output are both named "" (an
+    optimized BERT's SkipLayerNormalization and Attention): "" links no nodes."""
+    rng = np.random.default_rng(0)
+    x = gs.Variable("x", np.float32, ["n", 8])
+    clipped, normed, product = gs.Variable("clipped", np.float32), gs.Variable("normed", np.float32), \
+        gs.Variable("product", np.float32)
+    nodes = [gs.Node("Clip", "clip", inputs=[x, gs.Variable(""), gs.Constant("max", np.array(2.0, np.float32))],
+                     outputs=[clipped]),
+             gs.Node("LayerNormalization", "norm", attrs={"axis": -1},
+                     inputs=[clipped, gs.Constant("scale", np.ones(8, np.float32))], outputs=[normed, gs.Variable("")]),
+             gs.Node("MatMul", "matmul", inputs=[normed, gs.Constant("w", rng.standard_normal((8, 4)).astype(np.float32))],
+                     outputs=[product])]
+    graph = gs.Graph(nodes=nodes, inputs=[x], outputs=[product], opset=17)
+    data = rng.standard_normal((6, 8)).astype(np.float32)
+    calibration = Calibration("test", [], 6, lambda: iter([{"x": data}]))
+    seen: list[np.ndarray] = []
+    with Frontier(graph, calibration, 8) as frontier:
+        frontier.measure({"normed": [seen.append]})
+    clipped_data = np.minimum(data, 2.0)
+    want = (clipped_data - clipped_data.mean(-1, keepdims=True)) / np.sqrt(clipped_data.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.concatenate(seen), want, rtol=1e-4, atol=1e-5)

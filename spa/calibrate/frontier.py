@@ -50,9 +50,9 @@ class Frontier:
         self.graph = graph
         self.tensors = graph.tensors()
         self.ir_version = ir_version
-        self.nodes = list(graph.nodes)  # topologically sorted (import and prepare sort them)
+        self.nodes = _topological(graph.nodes)  # an optimizer's output may list a node before its inputs
         self.reads = [_reads(node) for node in self.nodes]
-        self.producer = {t.name: i for i, node in enumerate(self.nodes) for t in node.outputs}
+        self.producer = {t.name: i for i, node in enumerate(self.nodes) for t in node.outputs if t.name}
         self.readers = _readers(self.reads)
         last = {name: task for task, names in enumerate(written) for name in names}
         self.last_task = [max((last.get(name, -1) for name in names), default=-1) for names in self.reads]
@@ -169,6 +169,30 @@ def _external_weights_as_inputs(model: onnx.ModelProto, tensors: dict[str, gs.Te
         model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         model.graph.initializer.remove(tensor)
     return weights
+
+
+def _topological(nodes: list[gs.Node]) -> list[gs.Node]:
+    """`nodes` in an order where every node comes after the nodes making what it reads
+    (the given order where it already is one). "" (an omitted optional tensor) links none."""
+    producer = {t.name: node for node in nodes for t in node.outputs if t.name}
+    placed: set[int] = set()
+    ordered: list[gs.Node] = []
+    for node in nodes:
+        stack = [(node, False)]
+        while stack:
+            current, ready = stack.pop()
+            if id(current) in placed:
+                continue
+            if ready:
+                placed.add(id(current))
+                ordered.append(current)
+                continue
+            stack.append((current, True))
+            for name in reversed(_reads(current)):
+                before = producer.get(name) if name else None
+                if before is not None and id(before) not in placed and before is not current:
+                    stack.append((before, False))
+    return ordered
 
 
 def _reads(node: gs.Node) -> list[str]:

@@ -291,13 +291,10 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     (an op it does not know), onnx's own inference with data propagation is used. Shapes
     that stay unknown make the analysis keep the channels involved whole.
 
-    Where onnx's inference alone gives every tensor a static shape (static inputs), that
-    is all there is to know: the symbolic inference (and the sympy it imports, slowly) is
-    not needed."""
-    inferred = _onnx_shapes(model)
-    if inferred is not None and _all_static(inferred):
-        return inferred
-    return _symbolic_shapes(model) or inferred or model
+    (onnx's inference first, where it alone gives static shapes, would skip the slow sympy
+    import; but on a jax2onnx ResNet its shapes left a stale value_info after the rewrite,
+    so the symbolic one stays first.)"""
+    return _symbolic_shapes(model) or _onnx_shapes(model) or model
 
 
 def _onnx_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -305,13 +302,6 @@ def _onnx_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
         return None
-
-
-def _all_static(model: onnx.ModelProto) -> bool:
-    """Does every tensor the main graph computes have a tensor type with a static shape?"""
-    described = {value.name: value for value in list(model.graph.value_info) + list(model.graph.output)}
-    made = [name for node in model.graph.node for name in node.output if name]
-    return all(name in described and _static_value(described[name]) for name in made)
 
 
 def measure_open_shapes(model: onnx.ModelProto, full: onnx.ModelProto) -> onnx.ModelProto:
