@@ -54,7 +54,7 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _rss(pid: int) -> int | None:
+def process_rss(pid: int) -> int | None:
     """Resident bytes of process `pid`, or None once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -68,7 +68,7 @@ def _rss(pid: int) -> int | None:
 def _watch(process: subprocess.Popen, result: RunResult, limit: int, start: float) -> None:
     """Sample the child's RSS until it exits; kill it past `limit` bytes."""
     while process.poll() is None:
-        rss = _rss(process.pid)
+        rss = process_rss(process.pid)
         if rss is not None:
             result.samples.append((time.perf_counter() - start, rss))
             if rss > limit:

@@ -49,6 +49,7 @@ import onnx
 import onnxruntime as ort
 
 # tools/ is on sys.path when run as a script
+from bench_large import process_rss
 from bert_encoder import Config as BertConfig
 from bert_encoder import build_bert
 from big_decoder import write_decoder
@@ -193,16 +194,6 @@ def check_pruned(path: Path, data: dict[str, np.ndarray], dense_shapes: list[tup
 
 # --- the spa process -------------------------------------------------------------------------------
 
-def _rss(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 @dataclass
 class Run:
     exit: int
@@ -224,7 +215,7 @@ def run_limited(command: list[str], cwd: Path, out: Path, timeout: float, max_rs
             sampled, signalled_at = 0, None
             while not done.wait(SAMPLE_EVERY_S):
                 elapsed = time.perf_counter() - start
-                sampled = max(sampled, _rss(process.pid) or 0)
+                sampled = max(sampled, process_rss(process.pid) or 0)
                 if signalled_at is None and (elapsed > timeout or sampled > max_rss):
                     stopped.append("timeout" if elapsed > timeout else "killed (RSS)")
                     signalled_at = elapsed

@@ -22,36 +22,24 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from big_decoder import ExportNames  # tools/ is on sys.path when run as a script
 
 WEIGHT_STD = 0.02  # BertConfig.initializer_range
 OPSET, IR_VERSION = 17, 8
 
 
 @dataclass
-class _Builder:
+class _Builder(ExportNames):
     rng: np.random.Generator
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     _names: Counter = field(default_factory=Counter)
 
-    def constant(self, name: str, values: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(values, name))
-        return name
-
     def weight(self, name: str, shape: tuple[int, ...], mean: float = 0.0, std: float = WEIGHT_STD) -> str:
         values = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(mean)
         return self.constant(name, values)
-
-    def node(self, op: str, scope: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        """Node named like a PyTorch export: /scope/Op, output /scope/Op_output_0."""
-        name = f"/{scope}/{op}"
-        self._names[name] += 1
-        if self._names[name] > 1:
-            name = f"{name}_{self._names[name] - 1}"
-        output = output or f"{name}_output_0"
-        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
-        return output
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,28 @@ ALIGNMENT = 4096  # external tensors start on page boundaries, so they can be me
 OPSET, IR_VERSION = 17, 8
 
 
+class ExportNames:
+    """`constant` and `node` for a graph builder holding `nodes`, `initializers` and a
+    Counter `_names`: nodes are named as a PyTorch export names them."""
+
+    def constant(self, name: str, values: np.ndarray) -> str:
+        """A small tensor kept inside the model (shapes, scalars)."""
+        self.initializers.append(numpy_helper.from_array(values, name))
+        return name
+
+    def node(self, op: str, scope: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        """Node named like a PyTorch export: /scope/Op, output /scope/Op_output_0."""
+        name = f"/{scope}/{op}"
+        self._names[name] += 1
+        if self._names[name] > 1:
+            name = f"{name}_{self._names[name] - 1}"
+        output = output or f"{name}_output_0"
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        return output
+
+
 @dataclass
-class _Builder:
+class _Builder(ExportNames):
     """Collects nodes and initializers; float weights are appended to `data` as they are made."""
 
     rng: np.random.Generator
@@ -62,21 +82,6 @@ class _Builder:
         """A fresh random tensor, normal(mean, WEIGHT_STD)."""
         values = self.rng.standard_normal(shape, dtype=np.float32) * np.float32(WEIGHT_STD)
         return self.external(name, values + np.float32(mean))
-
-    def constant(self, name: str, values: np.ndarray) -> str:
-        """A small tensor kept inside the model (shapes, scalars)."""
-        self.initializers.append(numpy_helper.from_array(values, name))
-        return name
-
-    def node(self, op: str, scope: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        """Node named like a PyTorch export: /scope/Op, output /scope/Op_output_0."""
-        name = f"/{scope}/{op}"
-        self._names[name] += 1
-        if self._names[name] > 1:
-            name = f"{name}_{self._names[name] - 1}"
-        output = output or f"{name}_output_0"
-        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
-        return output
 
 
 def _aligned(offset: int) -> int:
