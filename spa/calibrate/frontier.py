@@ -145,7 +145,7 @@ class Frontier:
                 self.kept.add(name, index, values[name])
 
     def _segment_model(self, nodes: list[gs.Node], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-        tensors = self.graph.tensors()
+        tensors = self.tensors
         segment = gs.Graph(nodes=nodes, inputs=[tensors[n] for n in inputs], outputs=[tensors[n] for n in outputs],
                            opset=self.graph.opset, import_domains=self.graph.import_domains)
         model = gs.export_onnx(segment, do_type_check=False)
@@ -248,7 +248,7 @@ class _Store:
         if self.in_memory + value.nbytes <= self.budget:
             self.in_memory += value.nbytes
         else:
-            value = self._spill(name, batch, value)
+            value = self._spill(value)
         self.arrays.setdefault(name, {})[batch] = value
 
     def drop(self, name: str) -> None:
@@ -264,7 +264,7 @@ class _Store:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
-    def _spill(self, name: str, batch: int, value: np.ndarray) -> np.ndarray:
+    def _spill(self, value: np.ndarray) -> np.ndarray:
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="spa-frontier-"))
         self.files += 1

@@ -149,6 +149,12 @@ def consumer_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearLay
     return layers, problems
 
 
+def in_graph_order(graph: gs.Graph, layers: list[LinearLayer]) -> list[LinearLayer]:
+    """`layers` sorted by where their nodes stand in the graph: upstream first."""
+    position = {id(node): i for i, node in enumerate(graph.nodes)}
+    return sorted(layers, key=lambda layer: position[id(layer.node)])
+
+
 def weight_readers(graph: gs.Graph) -> dict[str, list[gs.Node]]:
     """Per initializer: the nodes that read it."""
     readers: dict[str, list[gs.Node]] = {}

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from spa.analyze import Group, Member
 from spa.calibrate.collect import Hessian, Moments
 from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
-from spa.calibrate.layers import LinearLayer, consumer_layers
+from spa.calibrate.layers import LinearLayer, consumer_layers, in_graph_order
 from spa.calibrate.sources import Calibration
 from spa.criteria import CRITERIA, Criterion, obs
 from spa.criteria.base import WeightView
@@ -93,13 +93,12 @@ def _measured_scores(graph: gs.Graph, layers_of: dict[int, tuple[list, str | Non
     for gid, (layers, problem) in layers_of.items():
         for layer, member in [] if problem else layers:
             readers.setdefault(layer.node.name, []).append((gid, layer, member))
-    position = {node.name: i for i, node in enumerate(graph.nodes)}
+    ordered = in_graph_order(graph, [entries[0][1] for entries in readers.values()])
     per_member: dict[int, list[np.ndarray]] = {}
     with Frontier(graph, calibration, ir_version, budget=budget) as frontier:
-        for name in progress(sorted(readers, key=position.__getitem__), f"{scoring.criterion}: scoring layers"):
-            layer = readers[name][0][1]
-            statistic = measure(frontier, [layer], scoring.method)[name]
-            for gid, layer, member in readers[name]:
+        for layer in progress(ordered, f"{scoring.criterion}: scoring layers"):
+            statistic = measure(frontier, [layer], scoring.method)[layer.node.name]
+            for gid, layer, member in readers[layer.node.name]:
                 per_member.setdefault(gid, []).append(
                     scoring.method.layer_scores(layer, member, statistic, scoring.damping))
     return per_member

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from spa.calibrate.collect import Moments
 from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
-from spa.calibrate.layers import LinearLayer
+from spa.calibrate.layers import LinearLayer, in_graph_order
 from spa.calibrate.sources import Calibration
 from spa.io.load import read_values
 from spa.progress import progress
@@ -31,7 +31,7 @@ def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Cali
     """Per layer (by node name): mean and variance of each output channel."""
     moments = {layer.node.name: Moments(layer.channel_axis) for layer in layers}
     with Frontier(graph, calibration, ir_version, budget=budget) as frontier:
-        for layer in progress(_in_graph_order(graph, layers), "output statistics"):
+        for layer in progress(in_graph_order(graph, layers), "output statistics"):
             frontier.measure({layer.output.name: [moments[layer.node.name]]})
     return moments
 
@@ -40,7 +40,7 @@ def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: di
                        removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int,
                        budget: int = DEFAULT_BUDGET) -> None:
     """Restore every layer's kept output channels' moments."""
-    ordered = _in_graph_order(graph, layers)
+    ordered = in_graph_order(graph, layers)
     written = [_weights_written(layer) for layer in ordered]
     with Frontier(graph, calibration, ir_version, written, budget) as frontier:
         for task, layer in enumerate(progress(ordered, "statistics correction")):
@@ -55,11 +55,6 @@ def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: di
             elif layer.bias is not None:
                 _restore_rows(layer, before.mean, now.mean, ratio, kept)
             frontier.done_with(task)
-
-
-def _in_graph_order(graph: gs.Graph, layers: list[LinearLayer]) -> list[LinearLayer]:
-    position = {id(node): i for i, node in enumerate(graph.nodes)}
-    return sorted(layers, key=lambda layer: position[id(layer.node)])
 
 
 def _weights_written(layer: LinearLayer) -> set[str]:
