@@ -189,3 +189,28 @@ def test_node_counts_and_summary():
     }
     # names and dims of each initializer are left out of the size: a few bytes each
     assert 0 <= model.ByteSize() - size <= 32 * len(model.graph.initializer)
+
+
+def test_shape_only_copy_keeps_what_shape_inference_reads():
+    """A large float table added to the activations (a ViT's position embedding) keeps its
+    data: onnxruntime's symbolic inference reads it. A MatMul weight loses it. Shapes on
+    the copy are those on the model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from spa.io.load import infer_shapes, shape_only_copy
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.standard_normal((1, 17, 128)).astype(np.float32), "position")
+    weight = numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "position"], ["embedded"]),
+         helper.make_node("MatMul", ["embedded", "weight"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 17, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    copy = shape_only_copy(model)
+    data = {t.name: t.raw_data or t.float_data for t in copy.graph.initializer}
+    assert data["position"] and not data["weight"]
+
+    def shapes(inferred: onnx.ModelProto) -> dict:
+        return {v.name: str(v.type) for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    assert shapes(infer_shapes(copy)) == shapes(infer_shapes(model))

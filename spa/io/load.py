@@ -199,17 +199,40 @@ FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.
                          onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ})
 
 
+# (op, input) positions whose values no shape inference reads, only their dims. Symbolic
+# inference does read other float initializers (an Add of a position table, say), so only
+# tensors read nowhere else lose their data in a shape-only copy.
+WEIGHT_INPUTS = {"Conv": {1, 2}, "ConvTranspose": {1, 2}, "Gemm": {0, 1, 2}, "MatMul": {0, 1}, "Gather": {0},
+                 "BatchNormalization": {1, 2, 3, 4}, "LayerNormalization": {1, 2}, "InstanceNormalization": {1, 2},
+                 "GroupNormalization": {1, 2}, "SkipLayerNormalization": {2, 3, 4}, "Attention": {1, 2}}
+
+
 def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy without the data of large float initializers (weights): shape inference needs
-    only their dims, and a copy without them is cheap (and inferable past 2 GB). Small ones
-    keep their values, which inference may need (e.g. Resize scales)."""
+    """A copy without the data of large float weights: shape inference needs only their
+    dims, and a copy without them is cheap (and inferable past 2 GB). Everything else keeps
+    its values, which inference may read (Resize scales, an added position table)."""
     copy = without_initializers(model)
+    weights = _weights_only(model)
     for init in model.graph.initializer:
-        if init.data_type in FLOAT_TYPES and math.prod(init.dims) > KEEP_DATA_ELEMENTS:
+        if init.name in weights and init.data_type in FLOAT_TYPES and math.prod(init.dims) > KEEP_DATA_ELEMENTS:
             copy.graph.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
         else:
             copy.graph.initializer.add().CopyFrom(init)
     return copy
+
+
+def _weights_only(model: onnx.ModelProto) -> set[str]:
+    """Names read only at WEIGHT_INPUTS positions of the main graph (none where subgraphs
+    may read the main graph's tensors)."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute):
+        return set()
+    weights: set[str] = set()
+    elsewhere: set[str] = set()
+    for node in model.graph.node:
+        positions = WEIGHT_INPUTS.get(node.op_type, set())
+        for index, name in enumerate(node.input):
+            (weights if index in positions else elsewhere).add(name)
+    return weights - elsewhere
 
 
 def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
