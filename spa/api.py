@@ -25,7 +25,7 @@ SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
 
 def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
           min_keep: int = 1, scope: str = "local", max_ratio: float = 0.9, target_macs: float | None = None,
-          target_params: float | None = None, steps: int = 1, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+          target_params: float | None = None, target_latency: float | None = None, threads: int = 1, steps: int = 1, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",
           normalize: str = "mean", damping: float = DEFAULT_DAMPING, seed: int = 0,
           calib: str | Path | Calibration | None = None, calib_samples: int | None = None,
@@ -34,8 +34,9 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
           write_unchanged: bool = True) -> PruneResult:
     """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
     group (scope "local"), or of all channels ranked together (scope "global"), or as
-    many as it takes to bring MACs or parameters down to `target_macs`/`target_params`
-    of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
+    many as it takes to bring MACs, parameters or onnxruntime latency (at `threads` threads,
+    predicted from a profile, then measured) down to `target_macs`/`target_params`/
+    `target_latency` of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
     correction (on by default with `calib`) run calibration data, or synthetic inputs
     without it. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
@@ -45,8 +46,9 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
     memory between groups; past it they go to a temporary file."""
     plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
                 Selection(ratio, scope, round_to, min_keep, max_ratio), tuple(targets), include_inexact,
-                tuple(ignore), target_goal(target_macs, target_params),
-                correct_stats if correct_stats is not None else calib is not None, steps, memory_size(memory_budget))
+                tuple(ignore), target_goal(target_macs, target_params, target_latency),
+                correct_stats if correct_stats is not None else calib is not None, steps, memory_size(memory_budget),
+                threads)
     plan.check()
     loaded = load_model(source)
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=_ratio, help="fraction of each group's channels to remove (of all, with --scope global)")
     p.add_argument("--target-macs", type=_fraction, metavar="F", help="prune until MACs are F of the original")
     p.add_argument("--target-params", type=_fraction, metavar="F", help="prune until parameters are F of the original")
+    p.add_argument("--target-latency", type=_fraction, metavar="F",
+                   help="prune until onnxruntime latency is F of the original (predicted from a profile, then measured)")
+    p.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads latency is measured at")
     p.add_argument("--criterion", choices=list(CRITERIA), default="l2", help="how channels are ranked (README: Criteria)")
     p.add_argument("--scope", choices=SCOPES, default="local",
                    help="local: every group loses the ratio; global: one ranking across groups")
@@ -257,16 +260,17 @@ def _quiet_stdout() -> None:
 def _prune(args: argparse.Namespace) -> int:
     from spa.api import prune
     from spa.report import prune_summary
-    goals = [g for g in (args.ratio, args.target_macs, args.target_params) if g is not None]
+    goals = [g for g in (args.ratio, args.target_macs, args.target_params, args.target_latency) if g is not None]
     if len(goals) != 1:
-        raise UsageError("give one of --ratio, --target-macs, --target-params (see spa prune --help)")
+        raise UsageError("give one of --ratio, --target-macs, --target-params, --target-latency (see spa prune --help)")
     output = args.output or default_output(args.model)
     result = prune(args.model, args.ratio or 0.0, criterion=args.criterion, round_to=args.round_to,
                    min_keep=args.min_keep, ignore=args.ignore, seed=args.seed,
                    include_inexact=args.include_inexact, targets=args.target,
                    output=output, write_unchanged=args.write_unchanged, scope=args.scope,
                    max_ratio=args.max_ratio, reduce=args.reduce, normalize=args.normalize,
-                   target_macs=args.target_macs, target_params=args.target_params, steps=args.steps,
+                   target_macs=args.target_macs, target_params=args.target_params,
+                   target_latency=args.target_latency, threads=args.threads, steps=args.steps,
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
                    damping=args.damping, memory_budget=args.memory_budget, report=args.report)
     if result.written is None:
@@ -299,8 +303,9 @@ def default_output(model: Path) -> Path | None:
 
 
 def _how(args: argparse.Namespace, report: dict) -> str:
+    targets = {"macs": args.target_macs, "params": args.target_params, "latency": args.target_latency}
     goal = (f"ratio {args.ratio}" if args.ratio is not None else
-            f"target {'macs' if args.target_macs else 'params'} {args.target_macs or args.target_params}")
+            next(f"target {name} {value}" for name, value in targets.items() if value is not None))
     calibration = report["calibration"]
     data = f", calibration {calibration['source']} ({calibration['samples']} samples)" if calibration else ""
     stats = ", statistics corrected" if report["correct_stats"] else ""

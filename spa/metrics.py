@@ -123,7 +123,7 @@ def _known_shape(shapes: dict[str, Shape], names: list[str], index: int) -> Shap
     return None if shape is None or None in shape else shape
 
 
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
+def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
     """MACs of one node, 0 for uncounted op types, None if a needed shape is unknown."""
     if node.op_type in _CONV_OPS:
         x_index, w_index = _CONV_OPS[node.op_type]
@@ -146,6 +146,22 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
     return 0
 
 
+def tensor_shapes(model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1,
+                  feeds: dict[str, np.ndarray] | None = None) -> dict[str, Shape]:
+    """Shape of every tensor of the main graph, with the graph inputs fixed to the shapes of
+    `feeds` when given, else symbolic dims set to `dim_values[symbol]` or `default_dim`.
+    With `feeds`, tensors around Conv/Gemm/MatMul nodes that inference leaves unknown are
+    measured by running the model."""
+    input_shapes = ({name: list(np.shape(value)) for name, value in feeds.items()} if feeds is not None else
+                    {s.name: concrete_shape(s.shape, dim_values, default_dim) for s in input_specs(model)})
+    shapes = _inferred_shapes(model, input_shapes)
+    if feeds is not None:
+        missing = {name for node in model.graph.node if node_macs(node, shapes) is None
+                   for name in list(node.input) + list(node.output) if name and not _static(shapes.get(name))}
+        shapes.update(_measured_shapes(model, missing, feeds))
+    return shapes
+
+
 def count_macs(model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1,
                feeds: dict[str, np.ndarray] | None = None) -> int:
     """Multiply-accumulates of one inference, main graph only.
@@ -162,16 +178,10 @@ def count_macs(model: onnx.ModelProto, dim_values: dict[str, int] | None = None,
     unknown, they are measured by running the model on `feeds`; nodes still unknown are
     skipped with a warning.
     """
-    input_shapes = ({name: list(np.shape(value)) for name, value in feeds.items()} if feeds is not None else
-                    {s.name: concrete_shape(s.shape, dim_values, default_dim) for s in input_specs(model)})
-    shapes = _inferred_shapes(model, input_shapes)
-    if feeds is not None:
-        missing = {name for node in model.graph.node if _node_macs(node, shapes) is None
-                   for name in list(node.input) + list(node.output) if name and not _static(shapes.get(name))}
-        shapes.update(_measured_shapes(model, missing, feeds))
+    shapes = tensor_shapes(model, dim_values, default_dim, feeds)
     total, unknown = 0, []
     for node in model.graph.node:
-        macs = _node_macs(node, shapes)
+        macs = node_macs(node, shapes)
         if macs is None:
             unknown.append(node.name or node.op_type)
         else:

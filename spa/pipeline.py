@@ -12,7 +12,9 @@ from spa.analyze import Analysis
 from spa.calibrate.sources import Calibration
 from spa.criteria.score import Scores
 from spa.errors import SpaError
+from spa.io.inputs import make_inputs
 from spa.io.load import Loaded, input_files
+from spa.latency import LatencyModel, measured_ratio
 from spa.io.save import check_outputs, save_model, write_json
 from spa.metrics import summarize
 from spa.plan import Plan
@@ -25,6 +27,9 @@ from spa.verify import (
     verify_equivalent,
     verify_pruned,
 )
+
+
+FINAL_TIMED_RUNS = 30  # interleaved runs of input and result behind the reported latency ratio
 
 
 @dataclass
@@ -61,10 +66,13 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
         reference = replace(reference, dense=None)
     loaded.serialized = None  # the input file's bytes: taken by its session above, unused without verification
     feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
-    pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds)
+    latency = _latency_model(loaded, plan, feeds, seed)
+    pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds, latency)
     zeroed = (masked, pruned) if masked is not None else None  # checked on the run of the result below
     summary = build_report(done.first, done.removed, done.scores, loaded.model, pruned, plan, calibration,
                            history, feeds)
+    if latency is not None:
+        summary["latency"] = latency_outcome(latency, pruned)
     result = PruneResult(pruned, done.first, done.removed, summary)
     prunable = done.first.prunable_groups(plan.include_inexact, plan.targets)
     if outputs.model is not None and (outputs.write_unchanged or prunable):
@@ -79,8 +87,31 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     return result
 
 
+def _latency_model(loaded: Loaded, plan: Plan, feeds: dict | None, seed: int) -> LatencyModel | None:
+    """For --target-latency: the input model's onnxruntime profile, at the plan's threads."""
+    if plan.target is None or plan.target[0] != "latency":
+        return None
+    if loaded.external:
+        raise SpaError("--target-latency times pruned candidates in memory: models with external data "
+                       "are not supported (use --target-macs)")
+    if plan.steps > 1:
+        raise SpaError("--target-latency takes one step (--steps 1)")
+    feeds = feeds if feeds is not None else make_inputs(loaded.model, seed=seed)
+    return LatencyModel.of(loaded.model, loaded.path or loaded.model, feeds, plan.threads)
+
+
+def latency_outcome(latency: LatencyModel, pruned: onnx.ModelProto) -> dict:
+    """Predicted and measured latency of the result against the input, for the report."""
+    predicted = latency.ratio(pruned)
+    realized = measured_ratio(latency.source, pruned.SerializeToString(), latency.feeds, latency.profile.threads,
+                              runs=FINAL_TIMED_RUNS)
+    return {"threads": latency.profile.threads, "original_ms": latency.profile.wall_ms,
+            "predicted_ratio": predicted, "realized_ratio": realized}
+
+
 def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, reference: Reference | None,
-           feeds: dict | None) -> tuple[onnx.ModelProto, _StepsDone, list[dict], Zeroed | None]:
+           feeds: dict | None, latency: LatencyModel | None) -> tuple[onnx.ModelProto, _StepsDone, list[dict],
+                                                                      Zeroed | None]:
     """Every step pruned and checked: a wrong cut in step 1 must not pass. The last step's
     zeroed model is returned, to check against the result's own run."""
     current, history, done, masked = loaded, [], None, None
@@ -89,7 +120,7 @@ def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, referenc
             verify_equivalent(masked, current.model, reference.feeds, dense=reference.dense)
         step_plan = _step_plan(plan, step, plan.steps, loaded.model, current.model, feeds)
         pruned, analysis, removed, scores, masked = prune_once(current, step_plan, calibration,
-                                                               reference is not None, feeds)
+                                                               reference is not None, feeds, latency)
         history.append({"step": step, "ratio": step_plan.selection.ratio, "target": step_plan.target,
                         "channels_removed": sum(map(len, removed.values()))})
         done = done or _StepsDone(analysis)
@@ -128,6 +159,8 @@ def _step_plan(plan: Plan, step: int, steps: int, original: onnx.ModelProto, cur
                feeds: dict | None) -> Plan:
     """Step k of n reaches k/n of the way: the ratio of what is left now, or the target
     relative to the current model."""
+    if steps == 1:
+        return plan
     if plan.target is None:
         done, goal = plan.selection.ratio * (step - 1) / steps, plan.selection.ratio * step / steps
         return replace(plan, selection=replace(plan.selection, ratio=1 - (1 - goal) / (1 - done)))

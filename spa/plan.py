@@ -20,14 +20,17 @@ class Plan:
     targets: tuple[str, ...] = DEFAULT_TARGETS  # kinds of groups to prune
     include_inexact: bool = False
     ignore: tuple[str, ...] = ()  # nodes and initializers to keep whole
-    target: tuple[str, float] | None = None  # ("macs" | "params", fraction of the original)
+    target: tuple[str, float] | None = None  # ("macs" | "params" | "latency", fraction of the original)
     correct_stats: bool = False
     steps: int = 1
     memory_budget: int = DEFAULT_BUDGET  # bytes of calibration activations kept in memory
+    threads: int = 1  # onnxruntime intra-op threads latency is profiled and measured at
 
     def check(self) -> None:
         self.scoring.check()
         self.selection.check()
+        if self.threads < 1:
+            raise SpaError(f"--threads must be at least 1, got {self.threads}")
         if self.steps < 1:
             raise SpaError(f"--steps must be at least 1, got {self.steps}")
         unknown_targets = set(self.targets) - set(KINDS)
@@ -35,11 +38,13 @@ class Plan:
             raise SpaError(f"unknown target {sorted(unknown_targets)[0]!r} (choose from {', '.join(KINDS)})")
 
 
-def target_goal(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
-    """("macs" | "params", fraction), from at most one of the two."""
-    if target_macs is not None and target_params is not None:
-        raise SpaError("give --target-macs or --target-params, not both")
-    for name, value in (("macs", target_macs), ("params", target_params)):
+def target_goal(target_macs: float | None, target_params: float | None,
+                target_latency: float | None = None) -> tuple[str, float] | None:
+    """("macs" | "params" | "latency", fraction), from at most one of the three."""
+    given = {"macs": target_macs, "params": target_params, "latency": target_latency}
+    if sum(value is not None for value in given.values()) > 1:
+        raise SpaError("give one of --target-macs, --target-params, --target-latency")
+    for name, value in given.items():
         if value is not None:
             if not 0 < value <= 1:
                 raise SpaError(f"--target-{name} must be a fraction in (0, 1], got {value}")

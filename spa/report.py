@@ -26,6 +26,10 @@ def prune_summary(report: dict) -> str:
         old, new = before[key] / unit, after[key] / unit
         ratio = f"{new / old:.3f}" if old else "-"
         lines.append(f"{label:12}{_number(old):>14}{_number(new):>14}{ratio:>14}")
+    latency = report.get("latency")
+    if latency:
+        lines.append(f"{'latency':12}{latency['original_ms']:>12.3f}ms{'':>14}{latency['realized_ratio']:>14.3f}"
+                     f"  (measured, {latency['threads']} thread(s); predicted {latency['predicted_ratio']:.3f})")
     lines.append(groups_line(report["groups"]))
     steps = report.get("steps") or []
     if len(steps) > 1:

@@ -14,6 +14,7 @@ from spa.criteria.score import Scores, measurable_layers, score_groups
 from spa.errors import SpaError
 from spa.io.export import export
 from spa.io.load import Loaded, import_graph
+from spa.latency import LatencyModel
 from spa.plan import Plan
 from spa.repair.bias import add_zero_biases, drop_zero_biases
 from spa.repair.compensate import mark_removed, prune_in_order
@@ -24,7 +25,8 @@ from spa.targets import counts_for_target
 from spa.verify import zeroed_model
 
 
-def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool, feeds: dict | None):
+def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, verify: bool, feeds: dict | None,
+               latency: LatencyModel | None = None):
     """One round: analyze, score, count, pick (compensating), correct, rewrite. Returns the
     pruned model, the analysis, the removed channels, the scores, and the zeroed full-size
     model to check it against (where every removal is exact and verification is on)."""
@@ -38,7 +40,7 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
-    counts = _counts(loaded, plan, scored, scores, feeds)
+    counts = _counts(loaded, plan, scored, scores, feeds, latency)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
     reference = output_moments(graph, corrected, calibration, ir_version, budget) if corrected else {}
     removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version, budget)
@@ -63,10 +65,11 @@ def prepared_analysis(loaded: Loaded, plan: Plan) -> tuple[gs.Graph, Analysis, l
     return graph, analyze(graph, default_opset(loaded.model), plan.ignore), added
 
 
-def _counts(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores, feeds: dict | None) -> dict[int, int]:
+def _counts(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores, feeds: dict | None,
+            latency: LatencyModel | None) -> dict[int, int]:
     if plan.target is None:
         return removal_counts(groups, scores.values, plan.selection)
-    return counts_for_target(loaded, plan, groups, scores, feeds)
+    return counts_for_target(loaded, plan, groups, scores, feeds, latency)
 
 
 def _corrected_layers(graph: gs.Graph, groups: list[Group], counts: dict[int, int]) -> list[LinearLayer]:

@@ -1,7 +1,9 @@
-"""MACs and parameter targets: how many channels each group loses so that the pruned
-model's MACs or parameters come as close to the target fraction as they can without
-going over it. Only how many channels each group loses changes the cost, not which: each
-trial prunes a fresh copy of the graph by position.
+"""MACs, parameter and latency targets: how many channels each group loses so that the
+pruned model's MACs, parameters or predicted onnxruntime latency (spa.latency) come as
+close to the target fraction as they can without going over it. Only how many channels
+each group loses changes the cost, not which: each trial prunes a fresh copy of the graph
+by position. A latency target is then measured: where the real ratio misses it by more
+than LATENCY_TOLERANCE, the predicted goal is rescaled by the miss and searched again.
 
 Global scope searches the ranked cuts (`spa.select.ranked_cuts`, each narrows one group to
 its next allowed width) for the shortest run that reaches the target; when its last cut
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+import onnx
 
 from spa.analyze import Group
 from spa.analyze.prepare import reshare
@@ -20,6 +23,7 @@ from spa.criteria.score import Scores
 from spa.errors import SpaError
 from spa.io.export import export
 from spa.io.load import Loaded
+from spa.latency import LatencyModel, measured_ratio
 from spa.metrics import summarize
 from spa.plan import Plan
 from spa.repair.bias import drop_zero_biases
@@ -30,35 +34,60 @@ TARGET_MAX_RATIO = 0.95  # local scope: --target-macs/--target-params search the
 TARGET_SEARCH_STEPS = 12
 CLOSE_ENOUGH = 0.01  # global scope: a run of cuts this close under the target is not refined
 UNDO_TRIES = 12  # global scope: measurements spent undoing cuts (each prunes a copy)
+LATENCY_TOLERANCE = 0.03  # a measured latency ratio this close (relative) to the target is kept
+LATENCY_CORRECTIONS = 2  # searches again with the goal rescaled by the measured miss
 
 Counts = dict[int, int]
 METRIC_NAMES = {"macs": "MACs", "params": "parameters"}
 
 
 def counts_for_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores,
-                      feeds: dict | None) -> Counts:
-    """Per group: how many channels go so that MACs or params reach the target fraction."""
+                      feeds: dict | None, latency: LatencyModel | None = None) -> Counts:
+    """Per group: how many channels go so that MACs, params or latency reach the target fraction."""
     metric, fraction = plan.target
+    if metric == "latency":
+        return _latency_target(loaded, plan, groups, scores, latency, fraction)
     before = summarize(loaded.model, feeds=feeds)[metric]
     if before == 0:
         raise SpaError(f"--target-{metric}: spa counts no {METRIC_NAMES[metric]} in this model "
                        "(no Conv, Gemm or MatMul whose shapes are known)")
-    goal = fraction * before
-    cost = _Cost(lambda counts: _metric_after(loaded, plan, counts, metric, feeds))
+    cost = _Cost(lambda counts: summarize(pruned_copy(loaded, plan, counts), feeds=feeds)[metric])
+    return _search(groups, scores, plan, cost, fraction * before)
+
+
+def _search(groups: list[Group], scores: Scores, plan: Plan, cost: _Cost, goal: float) -> Counts:
     if plan.selection.scope == "global":
         return _global_target(groups, ranked_cuts(groups, scores.values, plan.selection), cost, goal)
     counts_at = lambda ratio: removal_counts(groups, scores.values, replace(plan.selection, ratio=ratio))
     return _local_target(counts_at, cost, goal)
 
 
+def _latency_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores, latency: LatencyModel,
+                    fraction: float) -> Counts:
+    """Counts whose predicted latency reaches `fraction`, then measured: a miss rescales the
+    predicted goal (the model's error is mostly a factor), up to LATENCY_CORRECTIONS times.
+    The counts measured closest to the target win."""
+    cost = _Cost(lambda counts: latency.predict(pruned_copy(loaded, plan, counts)).ms)
+    goal, tried = fraction * latency.profile.wall_ms, []
+    for _ in range(LATENCY_CORRECTIONS + 1):
+        counts = _search(groups, scores, plan, cost, goal)
+        realized = measured_ratio(latency.source, pruned_copy(loaded, plan, counts).SerializeToString(),
+                                  latency.feeds, latency.profile.threads)
+        tried.append((abs(realized - fraction), counts))
+        if abs(realized - fraction) <= LATENCY_TOLERANCE * fraction:
+            break
+        goal *= fraction / realized
+    return min(tried, key=lambda attempt: attempt[0])[1]
+
+
 class _Cost:
     """The metric after pruning `counts`, measured once per distinct counts."""
 
-    def __init__(self, measure: Callable[[Counts], int]) -> None:
+    def __init__(self, measure: Callable[[Counts], float]) -> None:
         self.measure = measure
-        self.known: dict[tuple, int] = {}
+        self.known: dict[tuple, float] = {}
 
-    def __call__(self, counts: Counts) -> int:
+    def __call__(self, counts: Counts) -> float:
         key = tuple(sorted(counts.items()))
         if key not in self.known:
             self.known[key] = self.measure(counts)
@@ -131,7 +160,8 @@ def _local_target(counts_at: Callable[[float], Counts], cost: _Cost, goal: float
     return counts_at(high)
 
 
-def _metric_after(loaded: Loaded, plan: Plan, counts: Counts, metric: str, feeds: dict | None) -> int:
+def pruned_copy(loaded: Loaded, plan: Plan, counts: Counts) -> onnx.ModelProto:
+    """The model with `counts` channels of each group removed (which ones does not matter here)."""
     from spa.step import prepared_analysis  # the step module builds on this one
     graph, analysis, added = prepared_analysis(loaded, plan)
     groups = {g.id: g for g in analysis.groups}
@@ -139,4 +169,4 @@ def _metric_after(loaded: Loaded, plan: Plan, counts: Counts, metric: str, feeds
     rewrite(analysis, removed)
     drop_zero_biases(graph, added)
     reshare(graph)
-    return summarize(export(graph, loaded.model), feeds=feeds)[metric]
+    return export(graph, loaded.model)

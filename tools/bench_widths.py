@@ -66,6 +66,20 @@ def conv_stack(width: int, side: int, kernel: int) -> onnx.ModelProto:
     return _model(nodes, shape, current, shape, initializers)
 
 
+def depthwise_stack(width: int, side: int) -> onnx.ModelProto:
+    """LAYERS x (depthwise Conv 3x3, group = width, same padding, + Relu): the memory-bound
+    middle of a MobileNet or EfficientNet block."""
+    rng = np.random.default_rng(width)
+    nodes, initializers, current = [], [], "x"
+    for layer in range(LAYERS):
+        initializers.append(_weight(f"w{layer}", (width, 1, 3, 3), 9, rng))
+        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=[1] * 4, group=width))
+        nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
+        current = f"r{layer}"
+    shape = [1, width, side, side]
+    return _model(nodes, shape, current, shape, initializers)
+
+
 def matmul_stack(width: int, side: int) -> onnx.ModelProto:
     """LAYERS x (MatMul width -> width + Relu) on side*side tokens: the Gemm path, same MACs
     as the 1x1 conv."""
@@ -85,11 +99,14 @@ OPS: dict[str, tuple[Callable[[int, int], onnx.ModelProto], int]] = {
     "conv3x3": (lambda width, side: conv_stack(width, side, 3), 9),
     "conv1x1": (lambda width, side: conv_stack(width, side, 1), 1),
     "matmul": (matmul_stack, 1),
+    "depthwise3x3": (depthwise_stack, 9),
 }
+DEPTHWISE = {"depthwise3x3"}  # MACs grow with the width, not its square
 
 
 def macs(op: str, width: int, side: int) -> int:
-    return LAYERS * side * side * width * width * OPS[op][1]
+    per_output = 1 if op in DEPTHWISE else width
+    return LAYERS * side * side * width * per_output * OPS[op][1]
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -180,13 +197,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50, help="timed runs per width")
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed per-MAC slowdown")
+    parser.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS), help="op kinds to time")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    rel: dict[str, dict] = {op: {} for op in OPS}
-    latency: dict[str, dict] = {op: {} for op in OPS}
-    for op in OPS:
+    ops = args.ops
+    rel: dict[str, dict] = {op: {} for op in ops}
+    latency: dict[str, dict] = {op: {} for op in ops}
+    for op in ops:
         for threads in THREADS:
             for base in BASE_SPATIAL:
                 print(f"timing {op} threads={threads} base={base}", file=sys.stderr, flush=True)
@@ -196,15 +215,15 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL, "
           f"{args.rounds} rounds, {LAYERS} layers per model")
     print("cells: latency / (latency(base) * MACs(width) / MACs(base)); t<threads>:<base>@<side>")
-    for op in OPS:
+    for op in ops:
         print(f"\n{op}\n{op_table(op, rel[op], latency[op])}")
 
-    means = {op: class_means(rel[op]) for op in OPS}
-    header = ["round-to N"] + list(OPS)
-    rows = [[str(n)] + [f"{means[op][n]:.3f}" for op in OPS] for n in CANDIDATE_N]
+    means = {op: class_means(rel[op]) for op in ops}
+    header = ["round-to N"] + ops
+    rows = [[str(n)] + [f"{means[op][n]:.3f}" for op in ops] for n in CANDIDATE_N]
     print("\ngeometric mean latency / MAC expectation of widths that are multiples of N "
           f"(base excluded)\n{format_table(header, rows)}")
-    picks = {op: pick_round_to(means[op], args.tolerance) for op in OPS}
+    picks = {op: pick_round_to(means[op], args.tolerance) for op in ops}
     per_op = ", ".join(f"{op} {n}" for op, n in picks.items())
     print(f"smallest N within {args.tolerance:.0%} of the best N: {per_op}")
     print(f"elapsed {time.perf_counter() - started:.0f} s")

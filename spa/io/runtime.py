@@ -18,10 +18,14 @@ ModelSource = onnx.ModelProto | Path | str | bytes
 
 
 def session(model: ModelSource, threads: int | None = None, optimize: str = "basic",
-            spinning: bool = True) -> ort.InferenceSession:
+            spinning: bool = True, profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session for a model (proto, serialized bytes, or a path: a path lets onnxruntime
-    read external data beside it). `threads` None: onnxruntime's default."""
+    read external data beside it). `threads` None: onnxruntime's default. With
+    `profile_prefix`, onnxruntime's profiler writes kernel times to a JSON file there."""
     options = ort.SessionOptions()
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.log_severity_level = 4
     options.graph_optimization_level = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

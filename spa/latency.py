@@ -1,0 +1,259 @@
+"""Predicted onnxruntime CPU latency of a pruned model, from a profile of the original.
+
+onnxruntime's profiler times every kernel it runs, after its own fusions (one FusedConv
+kernel may do a Conv, its BatchNorm, a residual Add and a Relu). Each kernel is traced back
+to the node of the original graph it came from, by the names onnxruntime gives fused nodes
+(the original node's name, or the tensor they make, with a suffix). A pruned model keeps
+node and tensor names, so a kernel's time after pruning is predicted as its profiled time
+scaled by how much work its node does after pruning against before:
+
+- Conv, ConvTranspose, Gemm, MatMul: multiply-accumulates. A Conv whose channel counts
+  leave onnxruntime's blocked NCHWc kernels (channel counts that are multiples of the block
+  size, 16 with AVX-512, 8 with AVX2) runs the slower im2col path: OFF_BLOCK_COST per MAC.
+- every other op: elements read and written (these kernels are memory-bound).
+
+Kernels traced to no node (layout reorders onnxruntime inserts) and the time between
+kernels keep their profiled time: pruning does not shrink them.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from spa.errors import SpaError, first_line
+from spa.io.runtime import ModelSource, session
+from spa.metrics import Shape, node_macs, tensor_shapes
+
+# Conv per MAC off the NCHWc path, against on it (tools/bench_widths.py: a width one short of
+# a multiple of 16 runs 1.1-1.5x slower per MAC than the multiples; depthwise 2.5-5x).
+OFF_BLOCK_COST = {"dense": 1.3, "depthwise": 4.0, "grouped": 1.3}
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+PROFILED_RUNS = 10
+_FUSION_SUFFIX = re.compile(r"[/_][A-Za-z0-9]*Fusion/?$")
+
+
+def block_size() -> int:
+    """onnxruntime's NCHWc channel block on this CPU: 16 with AVX-512, 8 with AVX2, else 1 (no
+    blocked kernels). numpy reads the same CPU feature flags onnxruntime's MLAS does."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    if features.get("AVX512F"):
+        return 16
+    return 8 if features.get("AVX2") else 1
+
+
+@dataclass
+class Profile:
+    """Per run of one model: the time of each original node's kernels (keyed by the node's
+    first output), the kernel time traced to no node, and the wall time of a run."""
+    node_ms: dict[str, float]
+    untraced_ms: float
+    wall_ms: float
+    threads: int
+    kernels: dict[str, str] = field(default_factory=dict)  # node key -> op of its longest kernel
+
+    @property
+    def overhead_ms(self) -> float:
+        """Wall time no kernel accounts for (scheduling, copies between kernels)."""
+        return max(0.0, self.wall_ms - sum(self.node_ms.values()) - self.untraced_ms)
+
+
+def profile(model: onnx.ModelProto, source: ModelSource, feeds: dict[str, np.ndarray], threads: int = 1,
+            runs: int = PROFILED_RUNS) -> Profile:
+    """Run `source` (the model as onnxruntime should load it; `model` its graph) `runs` times
+    after one warm-up run with onnxruntime's profiler on, at `threads` intra-op threads and
+    full graph optimization, as users run it."""
+    with tempfile.TemporaryDirectory(prefix="spa-profile-") as folder:
+        try:
+            runner = session(source, threads=threads, optimize="all", spinning=False,
+                             profile_prefix=str(Path(folder) / "profile"))
+            runner.run(None, feeds)
+            walls = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                runner.run(None, feeds)
+                walls.append((time.perf_counter() - start) * 1000.0)
+            events = json.loads(Path(runner.end_profiling()).read_text())
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+            raise SpaError(f"onnxruntime cannot profile the model: {first_line(error)}") from None
+    return _profile_of(model, _kernels_after_warmup(events), runs, float(np.median(walls)), threads)
+
+
+def _kernels_after_warmup(events: list[dict]) -> list[dict]:
+    """Kernel events of every run but the first."""
+    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = run_starts[1] if len(run_starts) > 1 else 0
+    return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+            and e["ts"] >= start]
+
+
+def _profile_of(model: onnx.ModelProto, kernels: list[dict], runs: int, wall_ms: float, threads: int) -> Profile:
+    tracer = _Tracer(model.graph)
+    node_ms: dict[str, float] = {}
+    longest: dict[str, tuple[float, str]] = {}
+    untraced = 0.0
+    for event in kernels:
+        ms = event["dur"] / 1000.0 / runs
+        op = event.get("args", {}).get("op_name", "")
+        key = tracer.node_key(event["name"].removesuffix("_kernel_time"), op)
+        if key is None:
+            untraced += ms
+            continue
+        node_ms[key] = node_ms.get(key, 0.0) + ms
+        if ms > longest.get(key, (-1.0, ""))[0]:
+            longest[key] = (ms, op)
+    return Profile(node_ms, untraced, wall_ms, threads, {key: op for key, (_, op) in longest.items()})
+
+
+class _Tracer:
+    """Which original node an onnxruntime kernel computes, from the kernel's node name."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.by_name = {n.name: n for n in graph.node if n.name}
+        self.producer = {out: n for n in graph.node for out in n.output if out}
+
+    def node_key(self, kernel: str, op: str) -> str | None:
+        node = self._named(kernel)
+        if node is None:
+            return None
+        if _is_compute_kernel(op) and node.op_type not in COMPUTE_OPS:
+            node = self._compute_above(node) or node  # a Conv with its Relu fused: the Relu's name
+        return key_of(node)
+
+    def _named(self, kernel: str) -> onnx.NodeProto | None:
+        for name in (kernel, kernel.removesuffix("_nchwc"), _FUSION_SUFFIX.sub("", kernel),
+                     kernel.removeprefix("fused ")):
+            if name in self.by_name:
+                return self.by_name[name]
+            if name in self.producer:
+                return self.producer[name]
+        return None
+
+    def _compute_above(self, node: onnx.NodeProto, depth: int = 4) -> onnx.NodeProto | None:
+        """The nearest Conv/Gemm/MatMul upstream through at most `depth` nodes."""
+        frontier = [node]
+        for _ in range(depth):
+            above = [self.producer[name] for n in frontier for name in n.input if name in self.producer]
+            for candidate in above:
+                if candidate.op_type in COMPUTE_OPS:
+                    return candidate
+            frontier = above
+        return None
+
+
+def _is_compute_kernel(op: str) -> bool:
+    return "Conv" in op or "Gemm" in op or "MatMul" in op
+
+
+def key_of(node: onnx.NodeProto) -> str:
+    """A node's identity across pruning: its first output (names may be empty; outputs never are)."""
+    return node.output[0]
+
+
+def node_work(node: onnx.NodeProto, shapes: dict[str, Shape], block: int) -> float | None:
+    """What a node's time scales with: MACs for Conv/Gemm/MatMul (a Conv off the blocked
+    kernels weighs OFF_BLOCK_COST per MAC), else elements read and written. None if unknown."""
+    if node.op_type in COMPUTE_OPS:
+        macs = node_macs(node, shapes)
+        if not macs:
+            return None
+        return macs * _conv_cost(node, shapes, block) if node.op_type == "Conv" else float(macs)
+    sizes = [shapes.get(name) for name in list(node.input) + list(node.output) if name]
+    known = [s for s in sizes if s is not None and None not in s]
+    return float(sum(int(np.prod(s)) for s in known)) if known else None
+
+
+def _conv_cost(node: onnx.NodeProto, shapes: dict[str, Shape], block: int) -> float:
+    """Relative cost per MAC of a Conv: 1 on onnxruntime's NCHWc kernels, which take output
+    channels (and per-group input channels, unless fewer than a block) in multiples of the block."""
+    weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    if block <= 1 or weight is None or None in weight or len(weight) != 4:
+        return 1.0
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    out_channels, in_per_group = weight[0], weight[1]
+    kind = "dense" if groups == 1 else "depthwise" if in_per_group == 1 and out_channels == groups else "grouped"
+    aligned = out_channels % block == 0
+    if kind == "dense":
+        aligned = aligned and (in_per_group < block or in_per_group % block == 0)
+    elif kind == "grouped":
+        aligned = aligned and in_per_group % block == 0 and (out_channels // groups) % block == 0
+    return 1.0 if aligned else OFF_BLOCK_COST[kind]
+
+
+@dataclass
+class Prediction:
+    ms: float  # predicted wall time of one run
+    node_ms: dict[str, float]  # per original node key
+
+
+class LatencyModel:
+    """The profile of an original model and the work of its nodes, to predict pruned models.
+    (Fitting a per-op exponent, time ~ work ** e, on a profiled pruned probe was tried: on
+    seven wild models it moved predictions as often away from the measured ratio as toward it.)"""
+
+    def __init__(self, model: onnx.ModelProto, source: ModelSource, measured: Profile,
+                 feeds: dict[str, np.ndarray], block: int | None = None) -> None:
+        self.source = source  # the original, as onnxruntime loads it
+        self.profile = measured
+        self.feeds = feeds
+        self.block = block_size() if block is None else block
+        self.work = self._works(model)
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, source: ModelSource, feeds: dict[str, np.ndarray], threads: int = 1,
+           runs: int = PROFILED_RUNS) -> LatencyModel:
+        return cls(model, source, profile(model, source, feeds, threads, runs), feeds)
+
+    def _works(self, model: onnx.ModelProto) -> dict[str, float | None]:
+        shapes = tensor_shapes(model, feeds=self.feeds)
+        return {key_of(n): node_work(n, shapes, self.block) for n in model.graph.node
+                if n.output and key_of(n) in self.profile.node_ms}
+
+    def predict(self, pruned: onnx.ModelProto) -> Prediction:
+        """Predicted time of one run of `pruned` (a pruned copy of the profiled model)."""
+        after = self._works(pruned)
+        node_ms = {key: ms * _scale(self.work.get(key), after.get(key, 0.0))
+                   for key, ms in self.profile.node_ms.items()}
+        total = sum(node_ms.values()) + self.profile.untraced_ms + self.profile.overhead_ms
+        return Prediction(total, node_ms)
+
+    def ratio(self, pruned: onnx.ModelProto) -> float:
+        return self.predict(pruned).ms / self.profile.wall_ms
+
+
+def _scale(before: float | None, after: float | None) -> float:
+    """How a node's time scales: with its work; 1 where either is unknown; a node gone takes none."""
+    if after == 0.0:
+        return 0.0
+    if before is None or after is None or before <= 0:
+        return 1.0
+    return after / before
+
+
+def measured_ratio(original: ModelSource, pruned: ModelSource, feeds: dict[str, np.ndarray], threads: int = 1,
+                   runs: int = 20) -> float:
+    """Realized latency of `pruned` over `original`: the median ratio of interleaved runs."""
+    try:
+        sessions = [session(source, threads=threads, optimize="all", spinning=False) for source in (original, pruned)]
+        inputs = [{i.name for i in s.get_inputs()} for s in sessions]
+        feeds_of = [{name: value for name, value in feeds.items() if name in names} for names in inputs]
+        for runner, feed in zip(sessions, feeds_of):
+            runner.run(None, feed)
+        times: list[list[float]] = [[], []]
+        for _ in range(runs):
+            for index, (runner, feed) in enumerate(zip(sessions, feeds_of)):
+                start = time.perf_counter()
+                runner.run(None, feed)
+                times[index].append(time.perf_counter() - start)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
+        raise SpaError(f"onnxruntime cannot time the models: {first_line(error)}") from None
+    return float(np.median(times[1]) / np.median(times[0]))
