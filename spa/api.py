@@ -16,14 +16,14 @@ from spa.io.export import export
 from spa.io.load import ModelSource, import_graph, load_model
 from spa.pipeline import Outputs, PruneResult, run
 from spa.plan import Plan, memory_size, target_goal
-from spa.select import DEFAULT_ROUND_TO, Selection
+from spa.select import Selection, round_to_value
 from spa.step import analyze_loaded
 
 __all__ = ["PruneResult", "inspect", "prepared_model", "prune"]
 SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
 
 
-def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", round_to: int = DEFAULT_ROUND_TO,
+def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", round_to: int | str = "auto",
           min_keep: int = 1, scope: str = "local", max_ratio: float = 0.9, target_macs: float | None = None,
           target_params: float | None = None, target_latency: float | None = None, threads: int = 1, steps: int = 1, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",
@@ -45,7 +45,7 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
     `memory_budget` (bytes, or "512M", "2G") bounds the calibration activations kept in
     memory between groups; past it they go to a temporary file."""
     plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
-                Selection(ratio, scope, round_to, min_keep, max_ratio), tuple(targets), include_inexact,
+                Selection(ratio, scope, round_to_value(round_to), min_keep, max_ratio), tuple(targets), include_inexact,
                 tuple(ignore), target_goal(target_macs, target_params, target_latency),
                 correct_stats if correct_stats is not None else calib is not None, steps, memory_size(memory_budget),
                 threads)

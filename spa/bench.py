@@ -14,6 +14,7 @@ import onnxruntime as ort
 from spa.errors import SpaError, first_line
 from spa.io.inputs import make_inputs
 from spa.io.load import load_model
+from spa.latency import LatencyModel, profile
 from spa.metrics import summarize
 from spa.io.runtime import session
 
@@ -153,4 +154,51 @@ def format_bench(result: dict) -> str:
         f"(MACs promise {_format_value(result['promised_speedup'], 'x')}), "
         f"{result['runs']} runs, {result['threads']} thread(s)"
     )
+    return "\n".join(lines)
+
+
+def per_node(model_a: ModelLike, model_b: ModelLike, threads: int = 1, seed: int = 0,
+             dim_values: dict[str, int] | None = None) -> dict:
+    """Where onnxruntime's time goes, before and after: each node of A (keyed by its first
+    output, which pruning keeps) with its kernels' time in A, in B, and as spa's latency
+    model predicts it for B from A's profile; then the time no node accounts for."""
+    proto_a, source_a = _load(model_a)
+    proto_b, source_b = _load(model_b)
+    feeds = make_inputs(proto_a, seed=seed, dim_values=dim_values)
+    model = LatencyModel.of(proto_a, source_a, feeds, threads)
+    names_b = {value.name for value in proto_b.graph.input}
+    after = profile(proto_b, source_b, {k: v for k, v in feeds.items() if k in names_b}, threads)
+    predicted = model.predict(proto_b)
+    nodes = [{"node": key, "op": model.profile.kernels[key], "before_ms": ms, "after_ms": after.node_ms.get(key, 0.0),
+              "predicted_ms": predicted.node_ms[key]}
+             for key, ms in sorted(model.profile.node_ms.items(), key=lambda item: -item[1])]
+    unmatched = sum(ms for key, ms in after.node_ms.items() if key not in model.profile.node_ms)
+    return {"nodes": nodes, "threads": threads,
+            "untraced_ms": {"before": model.profile.untraced_ms, "after": after.untraced_ms + unmatched},
+            "overhead_ms": {"before": model.profile.overhead_ms, "after": after.overhead_ms},
+            "wall_ms": {"before": model.profile.wall_ms, "after": after.wall_ms, "predicted": predicted.ms}}
+
+
+def format_per_node(result: dict, top: int = 15) -> str:
+    """The `top` slowest nodes of A, then the other nodes, untraced kernels, overhead and the total."""
+    header = ("node", "op", "before ms", "after ms", "predicted ms")
+    table = [header]
+    for row in result["nodes"][:top]:
+        name = row["node"] if len(row["node"]) <= 48 else "..." + row["node"][-45:]
+        table.append((name, row["op"], *(f"{row[k]:.3f}" for k in ("before_ms", "after_ms", "predicted_ms"))))
+    rest = result["nodes"][top:]
+    if rest:
+        table.append((f"{len(rest)} other nodes", "", *(f"{sum(r[k] for r in rest):.3f}"
+                                                         for k in ("before_ms", "after_ms", "predicted_ms"))))
+    untraced, overhead, wall = result["untraced_ms"], result["overhead_ms"], result["wall_ms"]
+    table.append(("kernels traced to no node", "", f"{untraced['before']:.3f}", f"{untraced['after']:.3f}",
+                  f"{untraced['before']:.3f}"))
+    table.append(("between kernels", "", f"{overhead['before']:.3f}", f"{overhead['after']:.3f}",
+                  f"{overhead['before']:.3f}"))
+    table.append(("wall time per run", "", f"{wall['before']:.3f}", f"{wall['after']:.3f}", f"{wall['predicted']:.3f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+                       + [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]) for row in table]
+    lines.append(f"onnxruntime profile, {result['threads']} thread(s); after/before {wall['after'] / wall['before']:.3f}, "
+                 f"predicted {wall['predicted'] / wall['before']:.3f}")
     return "\n".join(lines)

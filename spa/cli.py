@@ -62,13 +62,17 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _round_to(text: str) -> str:
+    return text if text == "auto" else str(_positive(text))
+
+
 def build_parser() -> argparse.ArgumentParser:
     # imported here, not at the top: start-up stays inside main()'s error handling (Ctrl-C included)
     from spa.analyze import DEFAULT_TARGETS, KINDS
     from spa.criteria.obs import DEFAULT_DAMPING
     from spa.criteria import CRITERIA
     from spa.criteria.score import NORMALIZATIONS, REDUCTIONS
-    from spa.select import DEFAULT_ROUND_TO, SCOPES
+    from spa.select import SCOPES
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration activations kept in memory (e.g. 512M, 4G); past it they go to a temporary file")
     p.add_argument("--damping", type=_damping, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
     p.add_argument("--ignore", nargs="+", default=[], metavar="NAME", help="nodes or initializers to keep whole")
-    p.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO)
+    p.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="kept widths are multiples of N; auto (default): of onnxruntime's channel block "
+                        "(16 with AVX-512) where a Conv reads or makes them, any width for MatMul")
     p.add_argument("--min-keep", type=_positive, default=1)
     p.add_argument("--report", type=Path, help="write a JSON report of what was removed")
     p.add_argument("--seed", type=int, default=0)
@@ -118,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=_positive, default=5)
     b.add_argument("--threads", type=_positive, default=1)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--per-node", action="store_true",
+                   help="also profile both in onnxruntime: time per node before, after, and as predicted")
     return parser
 
 
@@ -321,9 +329,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from spa.bench import bench, format_bench
+    from spa.bench import bench, format_bench, format_per_node, per_node
     result = bench(args.model_a, args.model_b, runs=args.runs, warmup=args.warmup, threads=args.threads)
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    if args.per_node:
+        result["per_node"] = per_node(args.model_a, args.model_b, threads=args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_bench(result) + ("\n\n" + format_per_node(result["per_node"]) if args.per_node else ""))
     return 0
 
 

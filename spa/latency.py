@@ -85,33 +85,39 @@ def profile(model: onnx.ModelProto, source: ModelSource, feeds: dict[str, np.nda
             events = json.loads(Path(runner.end_profiling()).read_text())
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
             raise SpaError(f"onnxruntime cannot profile the model: {first_line(error)}") from None
-    return _profile_of(model, _kernels_after_warmup(events), runs, float(np.median(walls)), threads)
+    return _profile_of(model, events, float(np.median(walls)), threads)
 
 
-def _kernels_after_warmup(events: list[dict]) -> list[dict]:
-    """Kernel events of every run but the first."""
-    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    start = run_starts[1] if len(run_starts) > 1 else 0
-    return [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
-            and e["ts"] >= start]
+def _run_of_kernels(events: list[dict]) -> list[tuple[int, dict]]:
+    """Kernel events with the index of the run they belong to; the warm-up run (0) left out."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = np.array([start for start, _ in runs])
+    kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
+    indexed = [(int(np.searchsorted(starts, e["ts"], side="right")) - 1, e) for e in kernels]
+    return [(run, e) for run, e in indexed if run >= 1]
 
 
-def _profile_of(model: onnx.ModelProto, kernels: list[dict], runs: int, wall_ms: float, threads: int) -> Profile:
+def _profile_of(model: onnx.ModelProto, events: list[dict], wall_ms: float, threads: int) -> Profile:
+    """Per node, the median over runs of its kernels' time (a run slowed by another process
+    moves a mean, not a median)."""
     tracer = _Tracer(model.graph)
-    node_ms: dict[str, float] = {}
+    per_run: dict[str | None, dict[int, float]] = {}  # node key (None: untraced) -> run -> ms
     longest: dict[str, tuple[float, str]] = {}
-    untraced = 0.0
-    for event in kernels:
-        ms = event["dur"] / 1000.0 / runs
-        op = event.get("args", {}).get("op_name", "")
+    timed_runs = set()
+    for run, event in _run_of_kernels(events):
+        ms, op = event["dur"] / 1000.0, event.get("args", {}).get("op_name", "")
         key = tracer.node_key(event["name"].removesuffix("_kernel_time"), op)
-        if key is None:
-            untraced += ms
-            continue
-        node_ms[key] = node_ms.get(key, 0.0) + ms
-        if ms > longest.get(key, (-1.0, ""))[0]:
+        runs_of_key = per_run.setdefault(key, {})
+        runs_of_key[run] = runs_of_key.get(run, 0.0) + ms
+        timed_runs.add(run)
+        if key is not None and ms > longest.get(key, (-1.0, ""))[0]:
             longest[key] = (ms, op)
-    return Profile(node_ms, untraced, wall_ms, threads, {key: op for key, (_, op) in longest.items()})
+    count = max(len(timed_runs), 1)
+    median = {key: float(np.median(list(by_run.values()) + [0.0] * (count - len(by_run))))
+              for key, by_run in per_run.items()}
+    untraced = median.pop(None, 0.0)
+    return Profile(median, untraced, wall_ms, threads, {key: op for key, (_, op) in longest.items()})
 
 
 class _Tracer:
@@ -225,6 +231,11 @@ class LatencyModel:
                    for key, ms in self.profile.node_ms.items()}
         total = sum(node_ms.values()) + self.profile.untraced_ms + self.profile.overhead_ms
         return Prediction(total, node_ms)
+
+    def channel_ms(self, touches: dict[str, float]) -> float:
+        """Profiled time one channel accounts for, given the nodes it flows through and its
+        share of each (Group.touches)."""
+        return sum(self.profile.node_ms.get(key, 0.0) * share for key, share in touches.items())
 
     def ratio(self, pruned: onnx.ModelProto) -> float:
         return self.predict(pruned).ms / self.profile.wall_ms

@@ -18,6 +18,7 @@ from spa.latency import LatencyModel, measured_ratio
 from spa.io.save import check_outputs, save_model, write_json
 from spa.metrics import summarize
 from spa.plan import Plan
+from spa.targets import LATENCY_TOLERANCE
 from spa.report import build_report
 from spa.step import prune_once
 from spa.verify import (
@@ -73,6 +74,8 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
                            history, feeds)
     if latency is not None:
         summary["latency"] = latency_outcome(latency, pruned)
+        caution = latency_caution(plan.target[1], summary["latency"])
+        summary["caution"] = "; ".join(c for c in (caution, summary["caution"]) if c) or None
     result = PruneResult(pruned, done.first, done.removed, summary)
     prunable = done.first.prunable_groups(plan.include_inexact, plan.targets)
     if outputs.model is not None and (outputs.write_unchanged or prunable):
@@ -107,6 +110,15 @@ def latency_outcome(latency: LatencyModel, pruned: onnx.ModelProto) -> dict:
                               runs=FINAL_TIMED_RUNS)
     return {"threads": latency.profile.threads, "original_ms": latency.profile.wall_ms,
             "predicted_ratio": predicted, "realized_ratio": realized}
+
+
+def latency_caution(target: float, outcome: dict) -> str | None:
+    """A sentence when the measured latency stays clearly above the target."""
+    if outcome["realized_ratio"] <= target * (1 + 2 * LATENCY_TOLERANCE):
+        return None
+    return (f"latency target {target} not reached (measured {outcome['realized_ratio']:.3f}): the groups are at "
+            "their narrowest allowed widths (--max-ratio, --round-to, kept groups) or the rest of the time "
+            "does not shrink with width (see spa bench --per-node)")
 
 
 def _steps(loaded: Loaded, plan: Plan, calibration: Calibration | None, reference: Reference | None,

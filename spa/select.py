@@ -22,8 +22,11 @@ import numpy as np
 
 from spa.analyze import Group
 from spa.errors import SpaError
+from spa.latency import block_size
 
-DEFAULT_ROUND_TO = 16  # tools/bench_widths.py: only multiples of 16 track MACs on AVX-512
+ROUND_AUTO = 0  # --round-to auto: each group rounded for the kernels its channels flow through
+DEFAULT_ROUND_TO = ROUND_AUTO
+CONV_OPS = {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"}
 SCOPES = ("local", "global")
 
 
@@ -39,8 +42,8 @@ class Selection:
         check_ratio(self.ratio)
         if self.scope not in SCOPES:
             raise SpaError(f"unknown scope '{self.scope}' (choose from {', '.join(SCOPES)})")
-        if self.round_to < 1 or self.min_keep < 1:
-            raise SpaError("--round-to and --min-keep must be at least 1")
+        if self.round_to < 0 or self.min_keep < 1:
+            raise SpaError("--round-to and --min-keep must be at least 1 (or --round-to auto)")
         if not 0 < self.max_ratio <= 1:
             raise SpaError(f"--max-ratio must be in (0, 1], got {self.max_ratio}")
 
@@ -70,7 +73,31 @@ def removal_counts(groups: list[Group], scores: dict[int, np.ndarray], selection
     return _global_counts(groups, scores, selection)
 
 
+def round_to_value(round_to: int | str) -> int:
+    """An int from --round-to: "auto" is ROUND_AUTO."""
+    if round_to == "auto":
+        return ROUND_AUTO
+    if isinstance(round_to, str) and not round_to.isdigit():
+        raise SpaError(f"--round-to must be a whole number >= 1 or auto, got {round_to!r}")
+    return int(round_to)
+
+
+def round_to_name(round_to: int) -> str:
+    return "auto" if round_to == ROUND_AUTO else str(round_to)
+
+
+def kernel_round_to(group: Group) -> int:
+    """--round-to auto for one group (tools/bench_widths.py measures why): channels a Conv
+    reads or makes in multiples of onnxruntime's NCHWc block (16 with AVX-512, 8 with AVX2),
+    since other widths leave its blocked kernels for a path 1.1-1.5x slower per MAC (dense)
+    or 2.5-5x (depthwise); channels only Gemm/MatMul and elementwise ops see, any width
+    (MatMul at odd widths runs within 3% of multiples of 16 per MAC)."""
+    return block_size() if group.touch_ops & CONV_OPS else 1
+
+
 def _unit(group: Group, round_to: int) -> int:
+    if round_to == ROUND_AUTO:
+        round_to = kernel_round_to(group)
     return round_to // math.gcd(round_to, group.width)  # a head of width 64 is 64 columns already
 
 
@@ -91,23 +118,34 @@ class Cut:
     gid: int
     removed: int  # channels the group has lost once this cut is made
     units: int  # units of width this cut removes (channels x the group's units per channel)
-    score: float  # mean normalized score of the channels it removes
+    score: float  # mean normalized score of the channels it removes (per unit saved, see ranked_cuts)
 
 
-def ranked_cuts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection) -> list[Cut]:
+def ranked_cuts(groups: list[Group], scores: dict[int, np.ndarray], selection: Selection,
+                savings: dict[int, float] | None = None) -> list[Cut]:
     """Every cut of every group, lowest mean score first. A group's cuts go from one allowed
     kept width to the next narrower one (rounded, above `min_keep` and `max_ratio`) and
-    remove its lowest-scoring channels first, so they stay in order within the group."""
-    per_group = [_cuts_of(g, scores[g.id], selection) for g in groups]
+    remove its lowest-scoring channels first, so they stay in order within the group.
+    With `savings` (per group id: what one channel costs, e.g. in latency), cuts rank by
+    score per unit saved instead: a cheap channel must score lower to go first."""
+    weights = _relative(savings, groups) if savings is not None else {}
+    per_group = [_cuts_of(g, scores[g.id], selection, weights.get(g.id, 1.0)) for g in groups]
     return list(heapq.merge(*per_group, key=lambda cut: cut.score))
 
 
-def _cuts_of(group: Group, scores: np.ndarray, selection: Selection) -> list[Cut]:
+def _relative(savings: dict[int, float], groups: list[Group]) -> dict[int, float]:
+    """Savings over their mean (a group that saves nothing measurable weighs 1/1000 of it)."""
+    positive = [savings[g.id] for g in groups if savings.get(g.id, 0.0) > 0]
+    mean = float(np.mean(positive)) if positive else 1.0
+    return {g.id: max(savings.get(g.id, 0.0) / mean, 1e-3) for g in groups}
+
+
+def _cuts_of(group: Group, scores: np.ndarray, selection: Selection, weight: float = 1.0) -> list[Cut]:
     ascending = np.sort(np.asarray(scores, dtype=np.float64))
     cuts, done, floor = [], 0, -np.inf
     for removed in _allowed_removals(group, selection):
         floor = max(floor, float(ascending[done:removed].mean()))  # chunks of sorted scores never go down
-        cuts.append(Cut(group.id, removed, (removed - done) * group.units, floor))
+        cuts.append(Cut(group.id, removed, (removed - done) * group.units, floor / weight))
         done = removed
     return cuts
 

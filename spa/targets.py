@@ -55,9 +55,10 @@ def counts_for_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: S
     return _search(groups, scores, plan, cost, fraction * before)
 
 
-def _search(groups: list[Group], scores: Scores, plan: Plan, cost: _Cost, goal: float) -> Counts:
+def _search(groups: list[Group], scores: Scores, plan: Plan, cost: _Cost, goal: float,
+            savings: dict[int, float] | None = None) -> Counts:
     if plan.selection.scope == "global":
-        return _global_target(groups, ranked_cuts(groups, scores.values, plan.selection), cost, goal)
+        return _global_target(groups, ranked_cuts(groups, scores.values, plan.selection, savings), cost, goal)
     counts_at = lambda ratio: removal_counts(groups, scores.values, replace(plan.selection, ratio=ratio))
     return _local_target(counts_at, cost, goal)
 
@@ -69,8 +70,9 @@ def _latency_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Sco
     The counts measured closest to the target win."""
     cost = _Cost(lambda counts: latency.predict(pruned_copy(loaded, plan, counts)).ms)
     goal, tried = fraction * latency.profile.wall_ms, []
+    savings = {g.id: latency.channel_ms(g.touches) for g in groups}  # global scope: score per ms saved
     for _ in range(LATENCY_CORRECTIONS + 1):
-        counts = _search(groups, scores, plan, cost, goal)
+        counts = _search(groups, scores, plan, cost, goal, savings)
         realized = measured_ratio(latency.source, pruned_copy(loaded, plan, counts).SerializeToString(),
                                   latency.feeds, latency.profile.threads)
         tried.append((abs(realized - fraction), counts))

@@ -7,6 +7,7 @@ from conftest import MODELS
 from oracle import random_feeds, run
 
 import spa
+from spa.latency import block_size
 
 FIXTURES = sorted(MODELS.glob("*.onnx"), key=lambda p: p.name)
 RATIO = 0.4
@@ -29,8 +30,9 @@ def test_fixture_prunes_to_a_valid_smaller_model(path):
 
 
 @pytest.mark.parametrize("path", FIXTURES[:4], ids=lambda p: p.stem)
-def test_default_round_to_keeps_multiples_of_16(path):
+def test_default_round_to_keeps_multiples_of_the_channel_block(path):
+    """--round-to auto: Conv channels in multiples of onnxruntime's NCHWc block (16 with AVX-512)."""
     result = spa.prune(str(path), RATIO)
     for group in result.report["groups"]:
         if group["removed"]:
-            assert group["kept"] % 16 == 0, group
+            assert group["kept"] % block_size() == 0, group

@@ -12,11 +12,13 @@ from conftest import MODELS, TRANSFORMERS
 from onnx import TensorProto, helper, numpy_helper
 
 import spa
+from spa.bench import per_node
 from spa.cli import main
 from spa.errors import SpaError
 from spa.io.inputs import make_inputs
-from spa.latency import OFF_BLOCK_COST, LatencyModel, Profile, _Tracer, key_of, node_work, profile
+from spa.latency import OFF_BLOCK_COST, LatencyModel, Profile, _Tracer, block_size, key_of, node_work, profile
 from spa.metrics import tensor_shapes
+from spa.select import Selection, kernel_round_to, ranked_cuts
 
 
 def conv_relu_model(channels: int = 32, groups: int = 1) -> onnx.ModelProto:
@@ -121,3 +123,48 @@ def test_target_latency_refuses_steps():
 def test_one_target_at_a_time():
     with pytest.raises(SpaError, match="one of"):
         spa.prune(onnx.load(MODELS / "resnet_bottleneck.onnx"), target_latency=0.5, target_macs=0.5)
+
+
+def test_groups_record_the_nodes_their_channels_flow_through():
+    """conv1's 32 channels flow through conv1 (its filters), relu1 and conv2 (its columns);
+    one channel is 1/32 of each."""
+    group = next(g for g in spa.inspect(conv_relu_model()).groups if g.name == "conv1")
+    assert group.touches == pytest.approx({"c1": 1 / 32, "r1": 1 / 32, "y": 1 / 32})
+    assert group.touch_ops == {"Conv", "Relu"}
+
+
+def test_auto_widths_follow_the_kernels():
+    """Conv channels round to the NCHWc block, MatMul-only neurons to 1 (any width)."""
+    conv = next(g for g in spa.inspect(conv_relu_model()).groups if g.name == "conv1")
+    assert kernel_round_to(conv) == block_size()
+    bert = spa.inspect(str(TRANSFORMERS / "bert_tiny.onnx"))
+    mlp = [g for g in bert.groups if g.kind == "mlp" and g.prunable]
+    assert mlp and all(kernel_round_to(g) == 1 for g in mlp)
+    kept = spa.prune(str(TRANSFORMERS / "bert_tiny.onnx"), 0.3, targets=["mlp"]).report["groups"]
+    assert any(g["kept"] % 16 for g in kept if g["removed"])  # not rounded to 16
+
+
+def test_global_cuts_rank_by_score_per_saving():
+    """Two groups with equal scores: the one whose channels save twice the latency goes first."""
+    model = conv_relu_model()
+    groups = spa.inspect(model).groups
+    scores = {g.id: np.linspace(0.5, 1.5, g.size) for g in groups}
+    cheap, dear = groups[0].id, groups[-1].id
+    selection = Selection(0.5, scope="global", round_to=8)
+    first = ranked_cuts(groups, scores, selection, savings={cheap: 1.0, dear: 2.0})[0]
+    assert first.gid == dear
+    first = ranked_cuts(groups, scores, selection, savings={cheap: 2.0, dear: 1.0})[0]
+    assert first.gid == cheap
+
+
+def test_bench_per_node_lists_every_traced_node(tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    source = MODELS / "resnet_bottleneck.onnx"
+    spa.prune(str(source), 0.5, output=out)
+    result = per_node(source, out)
+    convs = [n.output[0] for n in onnx.load(source).graph.node if n.op_type == "Conv"]
+    assert set(convs) <= {row["node"] for row in result["nodes"]}
+    shrunk = [row for row in result["nodes"] if row["predicted_ms"] < row["before_ms"]]
+    assert shrunk  # half the channels: the model predicts less time for some nodes
+    assert main(["bench", str(source), str(out), "--per-node", "--runs", "2"]) == 0
+    assert "wall time per run" in capsys.readouterr().out

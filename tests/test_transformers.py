@@ -89,6 +89,6 @@ def test_external_data_needs_an_output(tmp_path):
 
 def test_default_rounding_counts_head_width():
     """--round-to 16 rounds widths: a 16-wide head is a multiple of 16 by itself."""
-    result = spa.prune(str(MODELS[0].with_name("llama_tiny.onnx")), 0.5)
+    result = spa.prune(str(MODELS[0].with_name("llama_tiny.onnx")), 0.5, round_to=16)
     heads = [g for g in result.report["groups"] if g["kind"] == "heads"]
     assert heads and all(g["kept"] == 1 for g in heads)

@@ -56,6 +56,10 @@ class Group:
     segments: list[list[int]] | None = None  # grouped conv: equal removal from each segment
     pieces: list[list[int]] = field(default_factory=list)  # each must keep a channel (Split outputs)
     shared: dict[str, int] = field(default_factory=dict)  # member initializer read by several nodes -> readers
+    # nodes whose tensors carry its channels (keyed by first output) -> share of the node's
+    # widest such axis one channel holds (1/size for a conv's channel, 1/heads for a head)
+    touches: dict[str, float] = field(default_factory=dict)
+    touch_ops: set[str] = field(default_factory=set)  # op types of those nodes
 
     @property
     def size(self) -> int:
@@ -145,7 +149,31 @@ def build_groups(state: AnalysisState) -> list[Group]:
     _add_flags(state, groups)
     _add_kinds(state, groups)
     _add_shared(state, groups)
+    _add_touches(state, channel_of)
     return groups
+
+
+def _add_touches(state: AnalysisState, channel_of: dict) -> None:
+    """Which nodes each group's channels flow through, and how much of each one channel is:
+    what kernels its width is rounded for and how much latency a channel costs."""
+    owner_group, _ = _owner_tables(state, channel_of)
+    groups = {group.id: group for group, _ in channel_of.values()}
+    for node in state.graph.nodes:
+        if not node.outputs:
+            continue
+        shares: dict[int, float] = {}
+        for tensor in list(node.inputs) + list(node.outputs):
+            for labels in state.axes.get(tensor.name) or []:
+                if labels is None or not len(labels):
+                    continue
+                owners = owner_group[state.space.roots(labels)]
+                ids, counts = np.unique(owners[owners >= 0], return_counts=True)
+                for gid, count in zip(ids.tolist(), counts.tolist()):
+                    share = count / groups[gid].size / len(labels)
+                    shares[gid] = max(shares.get(gid, 0.0), share)
+        for gid, share in shares.items():
+            groups[gid].touches[node.outputs[0].name] = share
+            groups[gid].touch_ops.add(node.op)
 
 
 def _add_shared(state: AnalysisState, groups: list[Group]) -> None:
