@@ -34,9 +34,14 @@ from spa.metrics import Shape, node_macs, tensor_shapes
 # Conv per MAC off the NCHWc path, against on it (tools/bench_widths.py: a width one short of
 # a multiple of 16 runs 1.1-1.5x slower per MAC than the multiples; depthwise 2.5-5x).
 OFF_BLOCK_COST = {"dense": 1.3, "depthwise": 4.0, "grouped": 1.3}
-COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger",
+               "MatMulInteger"}
 PROFILED_RUNS = 10
-_FUSION_SUFFIX = re.compile(r"[/_][A-Za-z0-9]*Fusion/?$")
+# What onnxruntime adds to the name of the node or tensor a kernel computes, stripped in turn:
+# NCHWc convs, fusions, fp16 nodes run in float, numbered copies, quantized nodes.
+_NAME_ADDITIONS = [re.compile(pattern) for pattern in
+                   (r"^fused ", r"^InsertedPrecisionFreeCast_", r"_nchwc$", r"[/_][A-Za-z0-9]*Fusion/?$",
+                    r"_token_\d+$", r"_quant$")]
 
 
 def block_size() -> int:
@@ -136,8 +141,9 @@ class _Tracer:
         return key_of(node)
 
     def _named(self, kernel: str) -> onnx.NodeProto | None:
-        for name in (kernel, kernel.removesuffix("_nchwc"), _FUSION_SUFFIX.sub("", kernel),
-                     kernel.removeprefix("fused ")):
+        name = kernel
+        for addition in [None] + _NAME_ADDITIONS:
+            name = addition.sub("", name) if addition is not None else name
             if name in self.by_name:
                 return self.by_name[name]
             if name in self.producer:
@@ -174,8 +180,9 @@ def node_work(node: onnx.NodeProto, shapes: dict[str, Shape], block: int) -> flo
             return None
         return macs * _conv_cost(node, shapes, block) if node.op_type == "Conv" else float(macs)
     sizes = [shapes.get(name) for name in list(node.input) + list(node.output) if name]
-    known = [s for s in sizes if s is not None and None not in s]
-    return float(sum(int(np.prod(s)) for s in known)) if known else None
+    if not sizes or any(s is None or None in s for s in sizes):
+        return None  # a partial count would not compare with the other model's
+    return float(sum(int(np.prod(s)) for s in sizes))
 
 
 def _conv_cost(node: onnx.NodeProto, shapes: dict[str, Shape], block: int) -> float:
@@ -220,9 +227,10 @@ class LatencyModel:
         return cls(model, source, profile(model, source, feeds, threads, runs), feeds)
 
     def _works(self, model: onnx.ModelProto) -> dict[str, float | None]:
-        shapes = tensor_shapes(model, feeds=self.feeds)
-        return {key_of(n): node_work(n, shapes, self.block) for n in model.graph.node
-                if n.output and key_of(n) in self.profile.node_ms}
+        timed = [n for n in model.graph.node if n.output and key_of(n) in self.profile.node_ms]
+        around = {name for n in timed for name in list(n.input) + list(n.output) if name}
+        shapes = tensor_shapes(model, feeds=self.feeds, wanted=around)
+        return {key_of(n): node_work(n, shapes, self.block) for n in timed}
 
     def predict(self, pruned: onnx.ModelProto) -> Prediction:
         """Predicted time of one run of `pruned` (a pruned copy of the profiled model)."""

@@ -147,17 +147,18 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> int | None:
 
 
 def tensor_shapes(model: onnx.ModelProto, dim_values: dict[str, int] | None = None, default_dim: int = 1,
-                  feeds: dict[str, np.ndarray] | None = None) -> dict[str, Shape]:
+                  feeds: dict[str, np.ndarray] | None = None, wanted: set[str] | None = None) -> dict[str, Shape]:
     """Shape of every tensor of the main graph, with the graph inputs fixed to the shapes of
     `feeds` when given, else symbolic dims set to `dim_values[symbol]` or `default_dim`.
-    With `feeds`, tensors around Conv/Gemm/MatMul nodes that inference leaves unknown are
-    measured by running the model."""
+    With `feeds`, tensors around Conv/Gemm/MatMul nodes (and the `wanted` ones) that
+    inference leaves unknown are measured by running the model."""
     input_shapes = ({name: list(np.shape(value)) for name, value in feeds.items()} if feeds is not None else
                     {s.name: concrete_shape(s.shape, dim_values, default_dim) for s in input_specs(model)})
     shapes = _inferred_shapes(model, input_shapes)
     if feeds is not None:
         missing = {name for node in model.graph.node if node_macs(node, shapes) is None
                    for name in list(node.input) + list(node.output) if name and not _static(shapes.get(name))}
+        missing |= {name for name in wanted or () if not _static(shapes.get(name))}
         shapes.update(_measured_shapes(model, missing, feeds))
     return shapes
 

@@ -45,6 +45,8 @@ def test_kernel_names_trace_back_to_original_nodes():
     assert tracer.node_key("r1_nchwc", "Relu") == "r1"
     assert tracer.node_key("conv2/MatMulAddFusion/", "Gemm") == "y"
     assert tracer.node_key("fused conv2", "FusedConv") == "y"
+    assert tracer.node_key("InsertedPrecisionFreeCast_conv1", "Conv") == "c1"  # an fp16 node run in float
+    assert tracer.node_key("conv2_quant_token_1", "QLinearConv") == "y"
     assert tracer.node_key("ReorderInput_token_3", "ReorderInput") is None
 
 
