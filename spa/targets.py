@@ -36,6 +36,7 @@ CLOSE_ENOUGH = 0.01  # global scope: a run of cuts this close under the target i
 UNDO_TRIES = 12  # global scope: measurements spent undoing cuts (each prunes a copy)
 LATENCY_TOLERANCE = 0.03  # a measured latency ratio this close (relative) to the target is kept
 LATENCY_CORRECTIONS = 2  # searches again with the goal rescaled by the measured miss
+LATENCY_TIMED_RUNS = 30  # interleaved runs of input and candidate per measured attempt
 
 Counts = dict[int, int]
 METRIC_NAMES = {"macs": "MACs", "params": "parameters"}
@@ -74,7 +75,7 @@ def _latency_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Sco
     for _ in range(LATENCY_CORRECTIONS + 1):
         counts = _search(groups, scores, plan, cost, goal, savings)
         realized = measured_ratio(latency.source, pruned_copy(loaded, plan, counts).SerializeToString(),
-                                  latency.feeds, latency.profile.threads)
+                                  latency.feeds, latency.profile.threads, LATENCY_TIMED_RUNS)
         tried.append((abs(realized - fraction), counts))
         if abs(realized - fraction) <= LATENCY_TOLERANCE * fraction:
             break

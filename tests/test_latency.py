@@ -92,7 +92,8 @@ def test_memory_bound_work_is_elements_read_and_written():
 
 def test_prediction_scales_each_node_by_its_work():
     """With made-up kernel times: conv1 loses half its outputs (half its MACs), relu1 half
-    its elements, conv2 half its inputs; untraced time and overhead stay."""
+    its elements, conv2 half its inputs; untraced kernels shrink as relu1 (the only
+    memory-bound one) does, the time between kernels stays."""
     model, half = conv_relu_model(32), conv_relu_model(16)
     timed = Profile({"c1": 4.0, "r1": 1.0, "y": 2.0}, untraced_ms=0.5, wall_ms=8.0, threads=1,
                     kernels={"c1": "Conv", "r1": "Relu", "y": "Conv"})
@@ -100,7 +101,7 @@ def test_prediction_scales_each_node_by_its_work():
     assert latency.predict(model).ms == pytest.approx(8.0)
     prediction = latency.predict(half)
     assert prediction.node_ms == pytest.approx({"c1": 2.0, "r1": 0.5, "y": 1.0})
-    assert prediction.ms == pytest.approx(3.5 + 0.5 + 0.5)  # kernels, untraced, overhead (8 - 7.5)
+    assert prediction.ms == pytest.approx(3.5 + 0.25 + 0.5)  # kernels, untraced, overhead (8 - 7.5)
     gone = conv_relu_model(32)
     del gone.graph.node[1]
     gone.graph.node[1].input[0] = "c1"
