@@ -2,6 +2,7 @@
 rounds (spa.step), each checked, then written and reported."""
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
     latency = _latency_model(loaded, plan, feeds, seed)
     pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds, latency)
+    done.first.state.graph = None  # the rewritten working graph: its weights are copied into `pruned`
+    gc.collect()  # its nodes and tensors refer to each other: only the cycle collector frees them
     zeroed = (masked, pruned) if masked is not None else None  # checked on the run of the result below
     summary = build_report(done.first, done.removed, done.scores, loaded.model, pruned, plan, calibration,
                            history, feeds)

@@ -33,7 +33,7 @@ class HeadCount:
 
 @dataclass
 class AnalysisState:
-    graph: gs.Graph
+    graph: gs.Graph | None  # None once a prune has exported it (spa.pipeline releases its weights)
     opset: int
     shape_values: dict = field(default_factory=dict)  # tensor name -> traced shape elements
     space: LabelSpace = field(default_factory=LabelSpace)
