@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from spa.errors import SpaError, first_line
 from spa.io.runtime import ModelSource, session
@@ -71,41 +72,56 @@ class Profile:
         """Wall time no kernel accounts for (scheduling, copies between kernels)."""
         return max(0.0, self.wall_ms - sum(self.node_ms.values()) - self.untraced_ms)
 
+    def fitted_to(self, wall_ms: float) -> Profile:
+        """The same profile for a run of `wall_ms`: profiling slows a run (more so with many
+        small kernels), so the wall time comes from a run without it, and kernel times are
+        scaled down where they add up to more than that."""
+        traced = sum(self.node_ms.values()) + self.untraced_ms
+        scale = min(1.0, wall_ms / traced) if traced > 0 else 1.0
+        return Profile({key: ms * scale for key, ms in self.node_ms.items()}, self.untraced_ms * scale,
+                       wall_ms, self.threads, self.kernels)
+
 
 def profile(model: onnx.ModelProto, source: ModelSource, feeds: dict[str, np.ndarray], threads: int = 1,
             runs: int = PROFILED_RUNS) -> Profile:
     """Run `source` (the model as onnxruntime should load it; `model` its graph) `runs` times
-    after one warm-up run with onnxruntime's profiler on, at `threads` intra-op threads and
-    full graph optimization, as users run it."""
+    after one warm-up run with onnxruntime's profiler on, and as many times without it for
+    the wall time, at `threads` intra-op threads and full graph optimization, as users run it."""
     with tempfile.TemporaryDirectory(prefix="spa-profile-") as folder:
         try:
-            runner = session(source, threads=threads, optimize="all", spinning=False,
-                             profile_prefix=str(Path(folder) / "profile"))
-            runner.run(None, feeds)
-            walls = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                runner.run(None, feeds)
-                walls.append((time.perf_counter() - start) * 1000.0)
-            events = json.loads(Path(runner.end_profiling()).read_text())
+            profiled = session(source, threads=threads, optimize="all", spinning=False,
+                               profile_prefix=str(Path(folder) / "profile"))
+            for _ in range(runs + 1):
+                profiled.run(None, feeds)
+            events = json.loads(Path(profiled.end_profiling()).read_text())
+            del profiled
+            wall_ms = _median_run_ms(session(source, threads=threads, optimize="all", spinning=False), feeds, runs)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
             raise SpaError(f"onnxruntime cannot profile the model: {first_line(error)}") from None
-    return _profile_of(model, events, float(np.median(walls)), threads)
+    return _profile_of(model, events, threads).fitted_to(wall_ms)
+
+
+def _median_run_ms(runner: ort.InferenceSession, feeds: dict[str, np.ndarray], runs: int) -> float:
+    runner.run(None, feeds)
+    walls = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runner.run(None, feeds)
+        walls.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(walls))
 
 
 def _run_of_kernels(events: list[dict]) -> list[tuple[int, dict]]:
     """Kernel events with the index of the run they belong to; the warm-up run (0) left out."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "model_run")
-    starts = np.array([start for start, _ in runs])
+    starts = np.array(sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"))
     kernels = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     indexed = [(int(np.searchsorted(starts, e["ts"], side="right")) - 1, e) for e in kernels]
     return [(run, e) for run, e in indexed if run >= 1]
 
 
-def _profile_of(model: onnx.ModelProto, events: list[dict], wall_ms: float, threads: int) -> Profile:
+def _profile_of(model: onnx.ModelProto, events: list[dict], threads: int) -> Profile:
     """Per node, the median over runs of its kernels' time (a run slowed by another process
-    moves a mean, not a median)."""
+    moves a mean, not a median); the wall time is the profiled runs' median."""
     tracer = _Tracer(model.graph)
     per_run: dict[str | None, dict[int, float]] = {}  # node key (None: untraced) -> run -> ms
     longest: dict[str, tuple[float, str]] = {}
@@ -122,7 +138,9 @@ def _profile_of(model: onnx.ModelProto, events: list[dict], wall_ms: float, thre
     median = {key: float(np.median(list(by_run.values()) + [0.0] * (count - len(by_run))))
               for key, by_run in per_run.items()}
     untraced = median.pop(None, 0.0)
-    return Profile(median, untraced, wall_ms, threads, {key: op for key, (_, op) in longest.items()})
+    walls = [e["dur"] / 1000.0 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][1:]
+    return Profile(median, untraced, float(np.median(walls)) if walls else 0.0, threads,
+                   {key: op for key, (_, op) in longest.items()})
 
 
 class _Tracer:

@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -199,17 +200,19 @@ def bench_target(entry: Entry, options: list[str], count: int) -> TargetRow:
 def summary(rows: list[Row], policies: list[str], threads: list[int]) -> list[dict]:
     """Per policy and thread count, over the rows that were timed."""
     return [group_summary(policy, count, [r for r in rows if r.policy == policy and r.threads == count
-                                          and r.realized_per_macs is not None])
+                                          and r.realized is not None])
             for policy in policies for count in threads]
 
 
 def group_summary(policy: str, threads: int, timed: list[Row]) -> dict:
-    worst = max(timed, key=lambda r: r.realized_per_macs, default=None)
+    """realized / MACs over the rows with MACs (a model whose weights are inputs has none)."""
+    counted = [r for r in timed if r.realized_per_macs is not None]
+    worst = max(counted, key=lambda r: r.realized_per_macs, default=None)
     misses = {r.name: r.predicted - r.realized for r in timed if r.predicted is not None}
     return {
-        "policy": policy, "threads": threads, "timed": len(timed),
-        "median_realized_per_macs": statistics.median(r.realized_per_macs for r in timed) if timed else None,
-        "within": sum(r.realized_per_macs <= CLOSE for r in timed),
+        "policy": policy, "threads": threads, "timed": len(timed), "with_macs": len(counted),
+        "median_realized_per_macs": statistics.median(r.realized_per_macs for r in counted) if counted else None,
+        "within": sum(r.realized_per_macs <= CLOSE for r in counted),
         "worst": worst.name if worst else "", "worst_value": worst.realized_per_macs if worst else None,
         "median_prediction_miss": statistics.median(map(abs, misses.values())) if misses else None,
         "mispredicted": {name: miss for name, miss in misses.items() if abs(miss) > OFF},
@@ -244,7 +247,7 @@ def summary_table(lines: list[dict]) -> list[str]:
     for s in lines:
         worst = f"{s['worst']} {_fmt(s['worst_value'])}" if s["worst"] else "-"
         table.append(f"| {s['policy']} | {s['threads']} | {s['timed']} | {_fmt(s['median_realized_per_macs'])} "
-                     f"| {s['within']}/{s['timed']} | {worst} "
+                     f"| {s['within']}/{s['with_macs']} | {worst} "
                      f"| {_fmt(s['median_prediction_miss'])} | {len(s['mispredicted'])} |")
     return table
 
@@ -273,7 +276,7 @@ def target_table(rows: list[TargetRow]) -> list[str]:
 
 
 def header(args: argparse.Namespace, count: int) -> list[str]:
-    command = "python tools/bench_latency.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "tools/bench_latency.py", *sys.argv[1:]])
     what = (f"`spa prune --target-latency {TARGET}`, spa's default --round-to" if args.targets else
             f"{count} models pruned at --ratio {args.ratio}, round-to {' / '.join(args.policies)}, "
             f"{args.runs} interleaved runs")
