@@ -35,7 +35,7 @@ TARGET_SEARCH_STEPS = 12
 CLOSE_ENOUGH = 0.01  # global scope: a run of cuts this close under the target is not refined
 UNDO_TRIES = 12  # global scope: measurements spent undoing cuts (each prunes a copy)
 LATENCY_TOLERANCE = 0.03  # a measured latency ratio this close (relative) to the target is kept
-LATENCY_CORRECTIONS = 2  # searches again with the goal rescaled by the measured miss
+LATENCY_CORRECTIONS = 3  # searches again with the goal moved by the measured miss
 LATENCY_TIMED_RUNS = 30  # interleaved runs of input and candidate per measured attempt
 
 Counts = dict[int, int]
@@ -66,21 +66,35 @@ def _search(groups: list[Group], scores: Scores, plan: Plan, cost: _Cost, goal: 
 
 def _latency_target(loaded: Loaded, plan: Plan, groups: list[Group], scores: Scores, latency: LatencyModel,
                     fraction: float) -> Counts:
-    """Counts whose predicted latency reaches `fraction`, then measured: a miss rescales the
-    predicted goal (the model's error is mostly a factor), up to LATENCY_CORRECTIONS times.
-    The counts measured closest to the target win."""
+    """Counts whose predicted latency reaches `fraction`, then measured. A miss moves the
+    predicted goal to where the measurements so far say the target lies, up to
+    LATENCY_CORRECTIONS times; the counts measured closest to the target win."""
+    wall = latency.profile.wall_ms
     cost = _Cost(lambda counts: latency.predict(pruned_copy(loaded, plan, counts)).ms)
-    goal, tried = fraction * latency.profile.wall_ms, []
     savings = {g.id: latency.channel_ms(g.touches) for g in groups}  # global scope: score per ms saved
+    goal, tried = fraction, []  # (predicted, measured, counts), ratios to the input
     for _ in range(LATENCY_CORRECTIONS + 1):
-        counts = _search(groups, scores, plan, cost, goal, savings)
+        counts = _search(groups, scores, plan, cost, goal * wall, savings)
         realized = measured_ratio(latency.source, pruned_copy(loaded, plan, counts).SerializeToString(),
                                   latency.feeds, latency.profile.threads, LATENCY_TIMED_RUNS)
-        tried.append((abs(realized - fraction), counts))
+        tried.append((cost(counts) / wall, realized, counts))
         if abs(realized - fraction) <= LATENCY_TOLERANCE * fraction:
             break
-        goal *= fraction / realized
-    return min(tried, key=lambda attempt: attempt[0])[1]
+        goal = _corrected_goal(tried, fraction)
+    return min(tried, key=lambda attempt: abs(attempt[1] - fraction))[2]
+
+
+def _corrected_goal(tried: list[tuple[float, float, Counts]], fraction: float) -> float:
+    """The predicted ratio expected to measure `fraction`: on the line through the last two
+    (predicted, measured) points where they rise together, else the last prediction scaled
+    by its miss (the model's error is mostly a factor)."""
+    predicted, measured, _ = tried[-1]
+    if len(tried) > 1:
+        earlier_predicted, earlier_measured, _ = tried[-2]
+        if predicted - earlier_predicted and (measured - earlier_measured) / (predicted - earlier_predicted) > 0:
+            slope = (measured - earlier_measured) / (predicted - earlier_predicted)
+            return predicted + (fraction - measured) / slope
+    return predicted * fraction / measured
 
 
 class _Cost:

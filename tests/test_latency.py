@@ -171,3 +171,12 @@ def test_bench_per_node_lists_every_traced_node(tmp_path, capsys):
     assert shrunk  # half the channels: the model predicts less time for some nodes
     assert main(["bench", str(source), str(out), "--per-node", "--runs", "2"]) == 0
     assert "wall time per run" in capsys.readouterr().out
+
+
+def test_latency_goal_correction_follows_the_measurements():
+    from spa.targets import _corrected_goal
+    assert _corrected_goal([(0.5, 0.4, {})], 0.5) == pytest.approx(0.625)  # one point: scaled by the miss
+    # two points: the line through (0.5, 0.4) and (0.625, 0.55) meets 0.5 at 0.5 + 0.1 / 1.2
+    assert _corrected_goal([(0.5, 0.4, {}), (0.625, 0.55, {})], 0.5) == pytest.approx(0.5 + 0.1 / 1.2)
+    # measurements that fall as predictions rise are noise: scale the last point instead
+    assert _corrected_goal([(0.5, 0.45, {}), (0.6, 0.4, {})], 0.5) == pytest.approx(0.6 * 0.5 / 0.4)
