@@ -5,8 +5,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from edge_models import conv_transpose
 
+import spa
 from spa.errors import SpaError
 from spa.io.save import check_writable, save_model
 
@@ -74,3 +76,31 @@ def test_export_writes_large_weights_once_and_exactly():
     np.testing.assert_array_equal(written["small"], small)
     assert weight.values is big  # the graph's own values are back
     assert model.graph.SerializeToString() == original.graph.SerializeToString()
+
+
+def test_weights_changed_in_memory_leave_the_input_data_file(tmp_path):
+    """A consumer's bias (past the inlined size) kept in the input's external data, then
+    changed by compensation and statistics correction: it is written with its new values,
+    not exported as a reference into the input's file with no location."""
+    rng = np.random.default_rng(0)
+    width = 1100  # 4400-byte bias: stays external at load
+    w1, b1 = rng.standard_normal((16, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    w2, b2 = rng.standard_normal((64, width)).astype(np.float32), rng.standard_normal(width).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]), helper.make_node("MatMul", ["r1", "w2"], ["m2"]),
+             helper.make_node("Add", ["m2", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+                              [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    source = tmp_path / "in" / "mlp.onnx"
+    source.parent.mkdir()
+    onnx.save(model, str(source), save_as_external_data=True, location="mlp.data", size_threshold=0)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.standard_normal((32, 16)).astype(np.float32))
+    out = tmp_path / "out" / "pruned.onnx"
+    out.parent.mkdir()
+    result = spa.prune(str(source), 0.5, criterion="obs", calib=str(calib), round_to=1, output=out)
+    assert result.channels_removed == 32
+    written = onnx.load(str(out))
+    assert not np.allclose(numpy_helper.to_array(next(t for t in written.graph.initializer if t.name == "b2")), b2)

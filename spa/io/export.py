@@ -61,6 +61,8 @@ def _export_with_weights_once(graph: gs.Graph) -> onnx.ModelProto:
     stubbed = {}
     for tensor in graph.tensors().values():
         values = tensor._values if isinstance(tensor, gs.Constant) else None
+        if isinstance(values, np.ndarray):
+            tensor.data_location = None  # changed in memory (a corrected bias): no longer in the input's file
         if isinstance(values, np.ndarray) and values.nbytes >= STUB_BYTES and tensor.export_dtype == tensor.dtype:
             stub = onnx.TensorProto(name=tensor.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
                                     dims=values.shape)
