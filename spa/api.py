@@ -9,6 +9,7 @@ import onnx
 from spa.analyze import DEFAULT_TARGETS, Analysis
 from spa.analyze.prepare import prepare
 from spa.calibrate.frontier import DEFAULT_BUDGET
+from spa.calibrate.batchnorm import has_batchnorm
 from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
 from spa.criteria.obs import DEFAULT_DAMPING
 from spa.criteria.score import Scoring
@@ -29,7 +30,7 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",
           normalize: str = "mean", damping: float = DEFAULT_DAMPING, seed: int = 0,
           calib: str | Path | Calibration | None = None, calib_samples: int | None = None,
-          correct_stats: bool | None = None, memory_budget: int | str = DEFAULT_BUDGET, verify: bool = True,
+          batchnorm_stats: bool = True, correct_stats: bool | None = None, memory_budget: int | str = DEFAULT_BUDGET, verify: bool = True,
           output: str | Path | None = None, report: str | Path | None = None,
           write_unchanged: bool = True) -> PruneResult:
     """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
@@ -37,8 +38,9 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
     many as it takes to bring MACs, parameters or onnxruntime latency (at `threads` threads,
     predicted from a profile, then measured) down to `target_macs`/`target_params`/
     `target_latency` of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
-    correction (on by default with `calib`) run calibration data, or synthetic inputs
-    without it. The result is checked with onnx.checker and run in onnxruntime; with
+    correction run calibration data, or without it synthetic inputs with every BatchNorm
+    giving its output the moments training gave it (`batchnorm_stats`, spa.calibrate.batchnorm).
+    Correction is on by default with `calib`, and without it where the model has BatchNorm. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
     they were), unless nothing is prunable and not `write_unchanged`; with `report` the
     JSON report is written there too. No output may be a file the input reads.
@@ -47,11 +49,12 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", rou
     plan = Plan(Scoring(criterion, reduce, normalize, seed, damping),
                 Selection(ratio, scope, round_to_value(round_to), min_keep, max_ratio), tuple(targets), include_inexact,
                 tuple(ignore), target_goal(target_macs, target_params, target_latency),
-                correct_stats if correct_stats is not None else calib is not None, steps, memory_size(memory_budget),
-                threads)
+                bool(correct_stats), steps, memory_size(memory_budget), threads)
     plan.check()
     loaded = load_model(source)
-    calibration = _calibration(loaded.model, plan, calib, calib_samples, seed)
+    if correct_stats is None:
+        plan.correct_stats = calib is not None or (batchnorm_stats and has_batchnorm(loaded.model))
+    calibration = _calibration(loaded.model, plan, calib, calib_samples, seed, batchnorm_stats)
     outputs = Outputs(_path(output), _path(report), write_unchanged)
     return run(loaded, plan, calibration, outputs, verify, seed)
 
@@ -72,13 +75,14 @@ def prepared_model(source: ModelSource) -> onnx.ModelProto:
     return export(graph, loaded.model)
 
 
-def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None, seed: int) -> Calibration | None:
+def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None, seed: int,
+                 batchnorm_stats: bool) -> Calibration | None:
     if isinstance(calib, Calibration):
         return calib
     if calib is not None:
         return load_calibration(calib, model, samples)
     if plan.scoring.needs_data or plan.correct_stats:
-        return synthetic_calibration(model, samples or SYNTHETIC_SAMPLES, seed)
+        return synthetic_calibration(model, samples or SYNTHETIC_SAMPLES, seed, batchnorm=batchnorm_stats)
     return None
 
 

@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", type=Path, metavar="DATA", help=".npz named after the inputs, or a folder of .npz/.npy")
     p.add_argument("--calib-samples", type=_positive, metavar="N", help="use at most N calibration samples")
     p.add_argument("--correct-stats", action=argparse.BooleanOptionalAction, default=None,
-                   help="restore output statistics of layers that lost inputs (default: on with --calib)")
+                   help="restore output statistics of layers that lost inputs "
+                        "(default: on with --calib, and without it where the model has BatchNorm)")
+    p.add_argument("--no-batchnorm-stats", dest="batchnorm_stats", action="store_false",
+                   help="without --calib: synthetic inputs alone, BatchNorm nodes not renormalizing them")
     p.add_argument("--memory-budget", default="1G", metavar="SIZE",
                    help="calibration activations kept in memory (e.g. 512M, 4G); past it they go to a temporary file")
     p.add_argument("--damping", type=_damping, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
@@ -280,6 +283,7 @@ def _prune(args: argparse.Namespace) -> int:
                    target_macs=args.target_macs, target_params=args.target_params,
                    target_latency=args.target_latency, threads=args.threads, steps=args.steps,
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
+                   batchnorm_stats=args.batchnorm_stats,
                    damping=args.damping, memory_budget=args.memory_budget, report=args.report)
     if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
@@ -315,7 +319,8 @@ def _how(args: argparse.Namespace, report: dict) -> str:
     goal = (f"ratio {args.ratio}" if args.ratio is not None else
             next(f"target {name} {value}" for name, value in targets.items() if value is not None))
     calibration = report["calibration"]
-    data = f", calibration {calibration['source']} ({calibration['samples']} samples)" if calibration else ""
+    source = calibration and calibration["source"] + (" + BatchNorm" if calibration["batchnorm"] else "")
+    data = f", calibration {source} ({calibration['samples']} samples)" if calibration else ""
     stats = ", statistics corrected" if report["correct_stats"] else ""
     return f"{args.criterion}, {args.scope} {goal}, round-to {args.round_to}{data}{stats}"
 

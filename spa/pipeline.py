@@ -163,6 +163,7 @@ class _StepsDone:
             mapped[self.positions[gid]] = values
             self.scores.values[gid] = mapped
         self.scores.unscored.update(scores.unscored)
+        self.scores.statistics.update(scores.statistics)
         for gid, channels in removed.items():
             positions = self.positions[gid]
             self.removed[gid] = sorted(self.removed.get(gid, []) + [positions[c] for c in channels])

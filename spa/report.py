@@ -81,24 +81,36 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def statistics_source(calibration: Calibration | None) -> str:
+def statistics_source(calibration: Calibration | None, per_group: dict[int, str]) -> str:
     """What the scores and repairs were computed from."""
     if calibration is None:
         return "weights only"
-    return "synthetic inputs" if calibration.source == "synthetic" else "calibration data"
+    if calibration.source != "synthetic":
+        return "calibration data"
+    from_norms = sum(label == "BatchNorm statistics" for label in per_group.values())
+    if not from_norms:
+        return "synthetic inputs"
+    rest = len(per_group) - from_norms
+    return f"BatchNorm statistics for {from_norms} of {len(per_group)} groups" + \
+        (f", synthetic inputs for {rest}" if rest else "")
 
 
-def data_caution(calibration: Calibration | None) -> str | None:
+def data_caution(calibration: Calibration | None, per_group: dict[int, str]) -> str | None:
     """What pruning without real data usually costs, in a sentence (None with real data)."""
     if calibration is None:
         return ("no calibration data: channels were ranked by their weights alone and nothing was repaired; "
                 "a trained model often loses most of its accuracy this way (README, Quality: l2 at ratio 0.3 "
                 "leaves the digits CNNs near chance). With data: --calib DATA --criterion obs")
-    if calibration.source == "synthetic":
-        return ("no calibration data: statistics came from synthetic inputs (N(0,1) floats, random token ids), "
-                "which rarely look like real inputs; on trained CNNs this costs most of the accuracy "
-                "(README, Quality). With data: --calib DATA")
-    return None
+    if calibration.source != "synthetic":
+        return None
+    if any(label == "BatchNorm statistics" for label in per_group.values()):
+        return ("no calibration data: statistics came from synthetic inputs that the model's BatchNorm nodes "
+                "renormalized (" + statistics_source(calibration, per_group) + "); this keeps much of a trained "
+                "CNN's accuracy with --criterion obs, less with magnitude criteria (README, Data-free pruning). "
+                "With data: --calib DATA")
+    return ("no calibration data: statistics came from synthetic inputs (N(0,1) floats, random token ids), "
+            "which rarely look like real inputs; on trained models without BatchNorm this costs most of the "
+            "accuracy (README, Quality). With data: --calib DATA")
 
 
 def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scores, original: onnx.ModelProto,
@@ -117,13 +129,17 @@ def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scor
                  "prunable": group.prunable and group.id not in scores.unscored, "exact": group.exact,
                  "targeted": group.id in targeted,
                  "reason": "; ".join(reasons) or None}
+        if group.id in scores.statistics:
+            entry["statistics"] = scores.statistics[group.id]
         if group.id in scores.values:  # None: removed by an earlier step
             entry["scores"] = [None if np.isnan(s) else round(float(s), 6) for s in scores.values[group.id]]
         groups.append(entry)
     return {"criterion": plan.scoring.criterion, "ratio": plan.selection.ratio, "scope": plan.selection.scope,
             "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
             "calibration": None if calibration is None else {"source": calibration.source,
-                                                             "samples": calibration.samples},
-            "statistics": statistics_source(calibration), "caution": data_caution(calibration),
+                                                             "samples": calibration.samples,
+                                                             "batchnorm": calibration.batchnorm},
+            "statistics": statistics_source(calibration, scores.statistics),
+            "caution": data_caution(calibration, scores.statistics),
             "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),
             "max_output_difference": None}

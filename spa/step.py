@@ -10,7 +10,7 @@ from spa.analyze import Analysis, Group, analyze
 from spa.analyze.prepare import prepare, reshare
 from spa.calibrate.layers import LinearLayer
 from spa.calibrate.sources import Calibration
-from spa.criteria.score import Scores, measurable_layers, score_groups
+from spa.criteria.score import Scores, group_statistics, measurable_layers, score_groups
 from spa.errors import SpaError
 from spa.io.export import export
 from spa.io.load import Loaded, import_graph
@@ -40,6 +40,7 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
+    scores.statistics = group_statistics(graph, scored, calibration)
     counts = _counts(loaded, plan, scored, scores, feeds, latency)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []
     reference = output_moments(graph, corrected, calibration, ir_version, budget) if corrected else {}

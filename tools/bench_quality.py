@@ -7,13 +7,17 @@ test split in one batch). Per model it prints:
 - the accuracy before pruning;
 - Table A, local scope: every criterion x data setting at each ratio. Data settings are "calib"
   (the calibration split, statistics correction on: spa's default with data), "calib, no
-  correction", "data-free" (synthetic inputs, correction off: spa's default without data) and
-  "data-free + correction". Magnitude criteria only read data for the correction, so they run
-  "no data" and "calib correction only". A criterion that cannot score a model's groups (bn-scale
-  without BatchNorm) shows spa's reason instead of numbers;
+  correction", "data-free" (spa's default without data: synthetic inputs that the model's
+  BatchNorm nodes renormalize, correction on where there is BatchNorm), "data-free, no
+  correction" and "data-free, inputs only" (synthetic inputs alone, no correction: spa before
+  BatchNorm statistics). Magnitude criteria only read data for the correction, so they run
+  "no data" (spa's default), "no data, no correction" (weights only) and "calib correction
+  only". A criterion that cannot score a model's groups (bn-scale without BatchNorm) shows
+  spa's reason instead of numbers;
 - Table B, global scope at MAC targets: accuracy and the MACs fraction reached;
-- the median wall time of a prune call per criterion, and a check that "obs, calib" beats both
-  l2 rows of Table A at every ratio >= CHECK_FROM.
+- the median wall time of a prune call per criterion, a check that "obs, calib" beats l2 with
+  and without data at every ratio >= CHECK_FROM, and one that "obs, data-free" beats both
+  data-free l2 rows there.
 
 One prune call per model (the top ratio of "obs, calib", or of the first row) runs with
 verify=True: onnx.checker, an onnxruntime run and spa's equivalence check. The others skip it.
@@ -79,12 +83,15 @@ VERIFIED_ROW = ("obs", "calib")
 class Setting:
     label: str
     calib: bool  # the calibration split, or synthetic inputs if a criterion needs data
-    correct_stats: bool | None  # None: spa's default (on with calib, off without)
+    correct_stats: bool | None  # None: spa's default (on with calib, or without it where the model has BatchNorm)
+    batchnorm_stats: bool = True  # without calib: BatchNorm nodes renormalize the synthetic inputs
 
 
-MAGNITUDE_SETTINGS = (Setting("no data", False, None), Setting("calib correction only", True, None))
+MAGNITUDE_SETTINGS = (Setting("no data", False, None), Setting("no data, no correction", False, False),
+                      Setting("calib correction only", True, None))
 DATA_SETTINGS = (Setting("calib", True, None), Setting("calib, no correction", True, False),
-                 Setting("data-free", False, None), Setting("data-free + correction", False, True))
+                 Setting("data-free", False, None), Setting("data-free, no correction", False, False),
+                 Setting("data-free, inputs only", False, False, batchnorm_stats=False))
 TARGET_ROWS = (("l2", MAGNITUDE_SETTINGS[0]), ("l2", MAGNITUDE_SETTINGS[1]), ("obs", DATA_SETTINGS[0]),
                ("greedy", DATA_SETTINGS[0]), ("fluctuation", DATA_SETTINGS[0]))
 
@@ -140,7 +147,8 @@ def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_sample
     options = dict(round_to=ROUND_TO, scope=cell.scope, target_macs=cell.target_macs,
                    calib=split.calib_path if setting.calib else None,
                    calib_samples=calib_samples if setting.calib else None,
-                   correct_stats=setting.correct_stats, verify=cell.verified)
+                   correct_stats=setting.correct_stats, batchnorm_stats=setting.batchnorm_stats,
+                   verify=cell.verified)
     call = f"prune({name!r}, {cell.ratio or 0.0}, {cell.criterion!r}, {options})"
     log(call)
     try:
@@ -378,12 +386,12 @@ def row_cells(table: list[list[Cell]], criterion: str, setting: str) -> dict[flo
     return None if row is None else {c.ratio: c for c in row}
 
 
-def check_line(result: dict) -> str:
-    """PASS if "obs, calib" beats both l2 rows at every ratio >= CHECK_FROM; a caveat
-    names the ratios where obs pruned a different share of MACs than l2."""
+def check_line(result: dict, setting: str = "calib", rival_settings: tuple[str, ...] = ("no data", "calib correction only")) -> str:
+    """PASS if obs (with `setting`) beats the l2 rows of `rival_settings` at every ratio >=
+    CHECK_FROM; a caveat names the ratios where obs pruned a different share of MACs than l2."""
     table = result["table_a"]
-    obs = row_cells(table, "obs", "calib")
-    rivals = {f"l2 {s.label}": row_cells(table, "l2", s.label) for s in MAGNITUDE_SETTINGS}
+    obs = row_cells(table, "obs", setting)
+    rivals = {f"l2 {label}": row_cells(table, "l2", label) for label in rival_settings}
     if obs is None or None in rivals.values():
         return f"- {result['model']}: skipped (needs the obs and l2 rows)"
     failing, uneven = [], []
@@ -452,6 +460,9 @@ def markdown(results: list[dict], args: argparse.Namespace, elapsed: float, sent
         out += median_times(results, args.criteria) + [""]
         out += [f"## Check: obs with calibration beats l2 (no data, and with calib correction) at every ratio "
                 f">= {CHECK_FROM:g}", ""] + [check_line(r) for r in results] + [""]
+        out += [f"## Check: without data, obs beats l2 (spa's default, and weights only) at every ratio "
+                f">= {CHECK_FROM:g}", ""] + \
+            [check_line(r, "data-free", ("no data", "no data, no correction")) for r in results] + [""]
     out += format_sentence(sentence) if sentence else []
     errors = [c.error for r in results for table in ("table_a", "table_b") for row in r[table] for c in row if c.error]
     out += ["## Errors", ""] + [f"- `{e}`" for e in errors] + [""] if errors else []

@@ -30,6 +30,7 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 
 from spa.analyze.registry import outer_names
+from spa.calibrate.batchnorm import renormalize_in_model, renormalized_norms
 from spa.calibrate.sources import Calibration
 from spa.errors import SpaError, first_line
 from spa.io.load import read_values
@@ -64,6 +65,9 @@ class Frontier:
             for name, value in feeds.items():
                 self.kept.add(name, self.batch_count, value)
             self.batch_count += 1
+        self.renormalized: set[int] = set()  # ids of BatchNorm nodes normalizing with batch statistics
+        if calibration.batchnorm:
+            self.renormalized = {id(node) for node in renormalized_norms(graph, calibration.smallest_batch(BATCH_SIZE))}
 
     def __enter__(self) -> Frontier:
         return self
@@ -130,6 +134,7 @@ class Frontier:
                          if n and n not in made and n in self.kept})
         outputs = list(dict.fromkeys(wanted + keep))
         model = self._segment_model(nodes, inputs, outputs)
+        renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized])
         weights = _external_weights_as_inputs(model, self.tensors)
         runner = session(model)
         del model

@@ -46,11 +46,17 @@ class Calibration:
     specs: list[InputSpec]
     samples: int
     chunks: Callable[[], Iterator[Feed]]  # yields consecutive runs of samples, already cast
+    batchnorm: bool = False  # data-free: BatchNorm nodes renormalize with batch statistics
 
     def _step(self, batch_size: int) -> int:
         if batch_size < 1:
             raise SpaError(f"calibration batch size must be at least 1, got {batch_size}")
         return _fixed_batch(self.specs) or batch_size
+
+    def smallest_batch(self, batch_size: int = 32) -> int:
+        """The fewest samples a batch of batches(batch_size) holds."""
+        step = self._step(batch_size)
+        return min(step, self.samples % step or step)
 
     def batch_count(self, batch_size: int = 32) -> int:
         return math.ceil(self.samples / self._step(batch_size))
@@ -183,11 +189,12 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
 
 
 def synthetic_calibration(
-    model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16
+    model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16, batchnorm: bool = False
 ) -> Calibration:
     """Random samples from spa.io.inputs.InputMaker (the same rules as every synthetic input):
     floats ~ N(0,1), table indices within the table, masks 0/1 padding masks. Open non-batch
-    dims the graph does not fix take `default_dim`."""
+    dims the graph does not fix take `default_dim`. With `batchnorm`, calibration passes give
+    BatchNormalization outputs the moments training gave them (spa.calibrate.batchnorm)."""
     maker = InputMaker(model)
     specs = maker.specs
 
@@ -196,4 +203,6 @@ def synthetic_calibration(
             yield maker.feeds(seed + index, default_dim=default_dim, batch=min(size, samples - start))
 
     _fixed_batch(specs)
-    return _finish("synthetic", specs, samples, None, chunks)
+    calibration = _finish("synthetic", specs, samples, None, chunks)
+    calibration.batchnorm = batchnorm
+    return calibration

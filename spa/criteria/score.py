@@ -8,14 +8,15 @@ by default). See README.md, "Criteria", for each criterion's formula and cost.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
 from spa.calibrate.collect import Hessian, Moments
-from spa.calibrate.frontier import DEFAULT_BUDGET, Frontier
+from spa.calibrate.batchnorm import reached_by, renormalized_norms
+from spa.calibrate.frontier import BATCH_SIZE, DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer, consumer_layers, in_graph_order
 from spa.calibrate.sources import Calibration
 from spa.criteria import CRITERIA, Criterion, obs
@@ -58,6 +59,7 @@ class Scoring:
 class Scores:
     values: dict[int, np.ndarray]  # group id -> one normalized score per channel
     unscored: dict[int, str]  # group id -> why the criterion cannot score it (kept whole)
+    statistics: dict[int, str] = field(default_factory=dict)  # group id -> what its layers were measured on
 
 
 def score_groups(graph: gs.Graph, groups: list[Group], scoring: Scoring, calibration: Calibration | None = None,
@@ -117,6 +119,24 @@ def normalize(scores: np.ndarray, how: str) -> np.ndarray:
         return (scores - scores.mean()) / spread if spread > 0 else scores - scores.mean()
     scale = {"mean": scores.mean, "max": scores.max, "sum": scores.sum}[how]()
     return scores / scale if scale > 0 else scores
+
+
+def group_statistics(graph: gs.Graph, groups: list[Group], calibration: Calibration | None) -> dict[int, str]:
+    """Per group, what the statistics of the layers reading its channels come from:
+    "calibration data", "BatchNorm statistics" (every such layer reads a tensor computed
+    from a renormalized BatchNorm, spa.calibrate.batchnorm) or "synthetic inputs"."""
+    if calibration is None:
+        return {}
+    if calibration.source != "synthetic":
+        return {group.id: "calibration data" for group in groups}
+    norms = renormalized_norms(graph, calibration.smallest_batch(BATCH_SIZE)) if calibration.batchnorm else []
+    reached = reached_by(norms)
+    labels = {}
+    for group in groups:
+        layers = measurable_layers(graph, group)[0]
+        from_norms = layers and all(layer.input.name in reached for layer, _ in layers)
+        labels[group.id] = "BatchNorm statistics" if from_norms else "synthetic inputs"
+    return labels
 
 
 def measurable_layers(graph: gs.Graph, group: Group) -> tuple[list[tuple[LinearLayer, Member]], str | None]:

@@ -1,0 +1,137 @@
+"""Data-free statistics from BatchNorm (spa.calibrate.batchnorm): without calibration data,
+calibration passes run synthetic inputs with every BatchNorm renormalizing them, so each
+BatchNorm output has the moments (beta, gamma^2) training gave it."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from criteria_helpers import removed
+from criteria_models import Builder, conv_bn_relu_conv, image_shape, initializers
+
+import spa
+from spa.calibrate.batchnorm import renormalized_norms
+from spa.calibrate.collect import Moments
+from spa.calibrate.frontier import Frontier
+from spa.calibrate.sources import synthetic_calibration
+from spa.cli import main
+from spa.io.load import import_graph, load_model
+
+CHANNELS = 6
+
+
+def _bn_model(shift: np.ndarray, scale: np.ndarray, seed: int = 0, opset: int | None = None) -> onnx.ModelProto:
+    """conv1 -> bn1 -> relu1 -> conv2; bn1's running statistics are far from what conv1
+    makes of N(0,1) inputs, so only renormalization gives relu1 the moments of (shift, scale)."""
+    rng = np.random.default_rng(seed)
+    bn = {"scale": scale, "shift": shift, "mean": np.full(CHANNELS, 3.0), "var": np.full(CHANNELS, 0.01)}
+    model = conv_bn_relu_conv(rng.normal(size=(CHANNELS, 2, 3, 3)), np.zeros(CHANNELS), bn,
+                              rng.normal(size=(4, CHANNELS, 1, 1)), np.zeros(4))
+    if opset is not None:
+        model.opset_import[0].version = opset
+    return model
+
+
+def _relu_moments(model: onnx.ModelProto, batchnorm: bool, samples: int = 64) -> Moments:
+    graph = import_graph(load_model(model))
+    moments = Moments(1)
+    with Frontier(graph, synthetic_calibration(model, samples, batchnorm=batchnorm), model.ir_version) as frontier:
+        frontier.measure({"relu1": [moments]})
+    return moments
+
+
+def _rectified_gaussian(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of max(X, 0) for X ~ N(mean, std^2), in closed form."""
+    ratio = mean / std
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(ratio / math.sqrt(2)))
+    pdf = np.exp(-0.5 * ratio ** 2) / math.sqrt(2 * math.pi)
+    first = mean * cdf + std * pdf
+    second = (mean ** 2 + std ** 2) * cdf + mean * std * pdf
+    return first, second - first ** 2
+
+
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean takes its axes as an attribute before 18
+def test_relu_of_a_renormalized_batchnorm_has_the_rectified_gaussian_moments(opset):
+    shift = np.array([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    scale = np.array([1.0, 2.0, 0.5, 1.0, 0.3, 1.5])
+    moments = _relu_moments(_bn_model(shift, scale, opset=opset), batchnorm=True, samples=256)
+    mean, variance = _rectified_gaussian(shift, scale)
+    np.testing.assert_allclose(moments.mean, mean, rtol=0.05, atol=0.02)
+    np.testing.assert_allclose(moments.variance, variance, rtol=0.08, atol=0.02)
+    plain = _relu_moments(_bn_model(shift, scale, opset=opset), batchnorm=False)
+    assert not np.allclose(plain.mean, mean, rtol=0.05, atol=0.02)  # the running statistics are far off
+
+
+def test_a_channel_its_batchnorm_makes_dead_is_pruned_first_without_data():
+    """bn1 channel 2 has shift -6 gamma: ReLU zeroes it on training data, whatever its weights
+    (here the largest, so l2 keeps it)."""
+    model = _bn_model(np.array([0.5, 0.2, -6.0, 0.1, 0.3, 0.0]), np.ones(CHANNELS))
+    weights = {init.name: init for init in model.graph.initializer}
+    conv1 = onnx.numpy_helper.to_array(weights["conv1_w"]).copy()
+    conv1[2] *= 10
+    weights["conv1_w"].CopyFrom(onnx.numpy_helper.from_array(conv1.astype(np.float32), "conv1_w"))
+    for criterion in ("obs", "greedy", "fluctuation"):
+        result = spa.prune(model, 1 / CHANNELS, criterion=criterion, round_to=1)
+        assert removed(result) == [2], criterion
+        assert result.report["groups"][0]["statistics"] == "BatchNorm statistics"
+    assert removed(spa.prune(model, 1 / CHANNELS, criterion="l2", round_to=1, correct_stats=False)) != [2]
+
+
+def test_renormalization_needs_values_per_channel():
+    """A [batch, C] BatchNorm at a static batch of 1 has one value per channel: not renormalized."""
+    g = Builder()
+    x = g.batch_norm(g.node("MatMul", ["input", g.init("w", np.ones((3, 4)))], "mm"), "bn", np.ones(4),
+                     np.zeros(4), np.zeros(4), np.ones(4))
+    for batch, expected in ((1, 0), ("N", 1)):
+        model = g.build([batch, 3], x, [batch, 4])
+        graph = import_graph(load_model(model))
+        assert len(renormalized_norms(graph, 1 if batch == 1 else 16)) == expected
+
+
+def _branch_model() -> onnx.ModelProto:
+    """input -> convA -> bnA -> relu -> convB -> reluB -> convC, and convA's output also feeds
+    a BN-free branch: convA2 -> reluA2 -> convD. convD reads no renormalized tensor."""
+    rng = np.random.default_rng(3)
+    g = Builder()
+    a = g.conv("input", "convA", rng.normal(size=(CHANNELS, 2, 3, 3)), np.zeros(CHANNELS))
+    x = g.node("Relu", [g.batch_norm(a, "bnA", np.ones(CHANNELS), np.zeros(CHANNELS), np.zeros(CHANNELS),
+                                     np.ones(CHANNELS))], "reluA")
+    x = g.node("Relu", [g.conv(x, "convB", rng.normal(size=(CHANNELS, CHANNELS, 1, 1)), np.zeros(CHANNELS))], "reluB")
+    y = g.node("Relu", [g.conv("input", "convA2", rng.normal(size=(CHANNELS, 2, 3, 3)), np.zeros(CHANNELS))], "reluA2")
+    out = g.node("Add", [g.conv(x, "convC", rng.normal(size=(4, CHANNELS, 1, 1)), np.zeros(4)),
+                         g.conv(y, "convD", rng.normal(size=(4, CHANNELS, 1, 1)), np.zeros(4))], "sum")
+    return g.build(image_shape(2), out, image_shape(4))
+
+
+def test_report_says_which_groups_had_batchnorm_statistics(tmp_path, capsys):
+    path, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(_branch_model(), path)
+    assert main(["prune", str(path), "--ratio", "0.5", "--criterion", "obs", "--round-to", "1",
+                 "-o", str(tmp_path / "p.onnx"), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    labels = {group["name"].split()[0]: group.get("statistics") for group in data["groups"] if group["prunable"]}
+    assert set(labels.values()) == {"BatchNorm statistics", "synthetic inputs"}
+    assert data["statistics"] == "BatchNorm statistics for 2 of 3 groups, synthetic inputs for 1"
+    assert data["correct_stats"] and data["calibration"]["batchnorm"]
+    out = capsys.readouterr().out
+    assert "renormalized" in out and "calibration synthetic + BatchNorm" in out
+    assert main(["prune", str(path), "--ratio", "0.5", "--criterion", "obs", "--round-to", "1", "--no-batchnorm-stats",
+                 "-o", str(tmp_path / "q.onnx"), "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["statistics"] == "synthetic inputs" and not data["correct_stats"]
+
+
+def test_correction_is_on_without_data_only_where_batchnorm_is():
+    shift, scale = np.zeros(CHANNELS), np.ones(CHANNELS)
+    with_bn = spa.prune(_bn_model(shift, scale), 0.5, round_to=1)
+    assert with_bn.report["correct_stats"] and with_bn.report["statistics"] == "BatchNorm statistics for 1 of 1 groups"
+    rng = np.random.default_rng(1)
+    g = Builder()
+    x = g.node("Relu", [g.conv("input", "conv1", rng.normal(size=(CHANNELS, 2, 3, 3)), np.zeros(CHANNELS))], "r")
+    plain = g.build(image_shape(2), g.conv(x, "conv2", rng.normal(size=(4, CHANNELS, 1, 1))), image_shape(4))
+    without = spa.prune(plain, 0.5, round_to=1)
+    assert not without.report["correct_stats"] and without.report["statistics"] == "weights only"
+    assert initializers(without.model)  # pruned all the same
