@@ -81,18 +81,20 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+ESTIMATED = ("BatchNorm statistics", "folded BatchNorm estimates")  # data-free, from the model's own parameters
+
+
 def statistics_source(calibration: Calibration | None, per_group: dict[int, str]) -> str:
     """What the scores and repairs were computed from."""
     if calibration is None:
         return "weights only"
     if calibration.source != "synthetic":
         return "calibration data"
-    from_norms = sum(label == "BatchNorm statistics" for label in per_group.values())
-    if not from_norms:
+    counts = {label: sum(found == label for found in per_group.values()) for label in (*ESTIMATED, "synthetic inputs")}
+    if not any(counts[label] for label in ESTIMATED):
         return "synthetic inputs"
-    rest = len(per_group) - from_norms
-    return f"BatchNorm statistics for {from_norms} of {len(per_group)} groups" + \
-        (f", synthetic inputs for {rest}" if rest else "")
+    parts = [f"{label} for {count}" for label, count in counts.items() if count]
+    return f"{parts[0]} of {len(per_group)} groups" + "".join(f", {part}" for part in parts[1:])
 
 
 def data_caution(calibration: Calibration | None, per_group: dict[int, str]) -> str | None:
@@ -103,10 +105,11 @@ def data_caution(calibration: Calibration | None, per_group: dict[int, str]) -> 
                 "leaves the digits CNNs near chance). With data: --calib DATA --criterion obs")
     if calibration.source != "synthetic":
         return None
-    if any(label == "BatchNorm statistics" for label in per_group.values()):
-        return ("no calibration data: statistics came from synthetic inputs that the model's BatchNorm nodes "
-                "renormalized (" + statistics_source(calibration, per_group) + "); this keeps much of a trained "
-                "CNN's accuracy with --criterion obs, less with magnitude criteria (README, Data-free pruning). "
+    if any(label in ESTIMATED for label in per_group.values()):
+        return ("no calibration data: statistics came from synthetic inputs renormalized to the moments the "
+                "model's BatchNorm parameters give (" + statistics_source(calibration, per_group) + "); "
+                "this keeps much of a trained CNN's accuracy with --criterion obs where BatchNorm was kept, "
+                "less where it was folded or with magnitude criteria (README, Data-free pruning). "
                 "With data: --calib DATA")
     return ("no calibration data: statistics came from synthetic inputs (N(0,1) floats, random token ids), "
             "which rarely look like real inputs; on trained models without BatchNorm this costs most of the "

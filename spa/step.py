@@ -9,6 +9,8 @@ import onnx_graphsurgeon as gs
 from spa.analyze import Analysis, Group, analyze
 from spa.analyze.prepare import prepare, reshare
 from spa.calibrate.layers import LinearLayer
+from spa.calibrate.batchnorm import folded_estimates
+from spa.calibrate.frontier import BATCH_SIZE
 from spa.calibrate.sources import Calibration
 from spa.criteria.score import Scores, group_statistics, measurable_layers, score_groups
 from spa.errors import SpaError
@@ -40,6 +42,8 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
+    if calibration is not None and calibration.batchnorm:  # folded BatchNorm: estimated before any change
+        calibration.folded = folded_estimates(graph, calibration.smallest_batch(BATCH_SIZE))
     scores.statistics = group_statistics(graph, scored, calibration)
     counts = _counts(loaded, plan, scored, scores, feeds, latency)
     corrected = _corrected_layers(graph, scored, counts) if plan.correct_stats else []

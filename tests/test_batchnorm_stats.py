@@ -13,7 +13,7 @@ from criteria_helpers import removed
 from criteria_models import Builder, conv_bn_relu_conv, image_shape, initializers
 
 import spa
-from spa.calibrate.batchnorm import renormalized_norms
+from spa.calibrate.batchnorm import folded_estimates, folded_targets, renormalized_norms
 from spa.calibrate.collect import Moments
 from spa.calibrate.frontier import Frontier
 from spa.calibrate.sources import synthetic_calibration
@@ -135,3 +135,50 @@ def test_correction_is_on_without_data_only_where_batchnorm_is():
     without = spa.prune(plain, 0.5, round_to=1)
     assert not without.report["correct_stats"] and without.report["statistics"] == "weights only"
     assert initializers(without.model)  # pruned all the same
+
+
+def _folded_model() -> onnx.ModelProto:
+    """input -> conv0 -> relu0 -> conv1 -> pre1 (Identity) -> relu1 -> conv2, 1x1 convs with nonzero biases (as
+    an exporter leaves them after folding BatchNorm)."""
+    rng = np.random.default_rng(5)
+    g = Builder()
+    x = g.node("Relu", [g.conv("input", "conv0", rng.normal(size=(CHANNELS, 2, 1, 1)), rng.normal(size=CHANNELS))],
+               "relu0")
+    x = g.node("Identity", [g.conv(x, "conv1", rng.normal(size=(CHANNELS, CHANNELS, 1, 1)), rng.normal(size=CHANNELS))],
+               "pre1")
+    x = g.node("Relu", [x], "relu1")
+    return g.build(image_shape(2), g.conv(x, "conv2", rng.normal(size=(4, CHANNELS, 1, 1)), np.ones(4)), image_shape(4))
+
+
+def test_folded_convs_are_renormalized_to_their_estimates_and_measured_before_it():
+    model = _folded_model()
+    weights = initializers(model)
+    graph = import_graph(load_model(model))
+    moments = {name: Moments(1) for name in ("relu0", "conv1", "pre1")}
+    with Frontier(graph, synthetic_calibration(model, 256, batchnorm=True), model.ir_version) as frontier:
+        frontier.measure({name: [found] for name, found in moments.items()})
+    norms = {name: np.linalg.norm(weights[f"{name}_w"].reshape(CHANNELS, -1), axis=1) for name in ("conv0", "conv1")}
+    relu0_mean, _ = _rectified_gaussian(weights["conv0_b"], norms["conv0"])
+    np.testing.assert_allclose(moments["relu0"].mean, relu0_mean, rtol=0.05, atol=0.02)  # conv0 of N(0,1): Gaussian
+    np.testing.assert_allclose(moments["pre1"].mean, weights["conv1_b"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.sqrt(moments["pre1"].variance), norms["conv1"], rtol=1e-3)
+    raw_mean = weights["conv1_w"].reshape(CHANNELS, CHANNELS) @ moments["relu0"].mean + weights["conv1_b"]
+    np.testing.assert_allclose(moments["conv1"].mean, raw_mean, rtol=1e-4, atol=1e-4)  # before renormalization
+
+
+def test_report_says_which_groups_had_folded_estimates():
+    result = spa.prune(_folded_model(), 0.5, criterion="obs", round_to=1)
+    assert {g.get("statistics") for g in result.report["groups"] if g["prunable"]} == {"folded BatchNorm estimates"}
+    assert result.report["statistics"] == "folded BatchNorm estimates for 2 of 2 groups"
+    assert not result.report["correct_stats"]  # on by default only where BatchNorm was kept
+
+
+def test_pruned_channels_of_a_folded_conv_are_estimated_at_zero():
+    graph = import_graph(load_model(_folded_model()))
+    conv = next(node for node in graph.nodes if node.name == "conv1")
+    estimate = folded_estimates(graph, 16)[conv.outputs[0].name]
+    conv.inputs[1].values[2] = 0
+    conv.inputs[2].values[2] = 0
+    mean, std = folded_targets(conv, estimate)
+    assert mean[2] == std[2] == 0 and (std[[0, 1, 3, 4, 5]] > 0).all()
+    np.testing.assert_array_equal(mean[[0, 1, 3]], estimate[0][[0, 1, 3]])

@@ -30,7 +30,8 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 
 from spa.analyze.registry import outer_names
-from spa.calibrate.batchnorm import renormalize_in_model, renormalized_norms
+from spa.calibrate.batchnorm import (folded_estimates, folded_targets, raw_output, renormalize_in_model,
+                                    renormalized_norms)
 from spa.calibrate.sources import Calibration
 from spa.errors import SpaError, first_line
 from spa.io.load import read_values
@@ -66,8 +67,14 @@ class Frontier:
                 self.kept.add(name, self.batch_count, value)
             self.batch_count += 1
         self.renormalized: set[int] = set()  # ids of BatchNorm nodes normalizing with batch statistics
+        self.folded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # Conv output -> estimated (mean, std)
         if calibration.batchnorm:
-            self.renormalized = {id(node) for node in renormalized_norms(graph, calibration.smallest_batch(BATCH_SIZE))}
+            batch = calibration.smallest_batch(BATCH_SIZE)
+            self.renormalized = {id(node) for node in renormalized_norms(graph, batch)}
+            self.folded = calibration.folded if calibration.folded is not None else folded_estimates(graph, batch)
+            for name in self.folded:  # a folded Conv's output is measured before renormalization
+                if name in self.producer:
+                    self.producer[raw_output(name)] = self.producer[name]
 
     def __enter__(self) -> Frontier:
         return self
@@ -80,6 +87,8 @@ class Frontier:
 
     def measure(self, accumulators: dict[str, list[Accumulator]]) -> None:
         """Pass every batch's value of each requested tensor to its accumulators."""
+        accumulators = {raw_output(name) if name in self.folded else name: found
+                        for name, found in accumulators.items()}
         final = self._final()
         needed = self._needed(accumulators)
         now_computed = self.computed | {i for i in needed if final[i]}
@@ -134,7 +143,9 @@ class Frontier:
                          if n and n not in made and n in self.kept})
         outputs = list(dict.fromkeys(wanted + keep))
         model = self._segment_model(nodes, inputs, outputs)
-        renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized])
+        folded = {node.outputs[0].name: folded_targets(node, self.folded[node.outputs[0].name])
+                  for node in nodes if node.op == "Conv" and node.outputs[0].name in self.folded}
+        renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         weights = _external_weights_as_inputs(model, self.tensors)
         runner = session(model)
         del model
@@ -151,9 +162,11 @@ class Frontier:
 
     def _segment_model(self, nodes: list[gs.Node], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
         tensors = self.tensors
-        segment = gs.Graph(nodes=nodes, inputs=[tensors[n] for n in inputs], outputs=[tensors[n] for n in outputs],
+        segment = gs.Graph(nodes=nodes, inputs=[tensors[n] for n in inputs],
+                           outputs=[tensors[n] for n in outputs if n in tensors],
                            opset=self.graph.opset, import_domains=self.graph.import_domains)
         model = gs.export_onnx(segment, do_type_check=False)
+        model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs if n not in tensors)
         for value in model.graph.input:  # an intermediate tensor: type and shape from its values
             _describe(value, [self.kept.get(value.name, i) for i in range(self.batch_count)])
         for value in model.graph.output:  # shapes of intermediate tensors may be stale: let ORT decide

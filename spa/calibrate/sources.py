@@ -47,6 +47,9 @@ class Calibration:
     samples: int
     chunks: Callable[[], Iterator[Feed]]  # yields consecutive runs of samples, already cast
     batchnorm: bool = False  # data-free: BatchNorm nodes renormalize with batch statistics
+    # data-free: per Conv output, the (mean, std) estimated for a BatchNorm folded into it,
+    # taken from the model before pruning (spa.calibrate.batchnorm.folded_estimates)
+    folded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _step(self, batch_size: int) -> int:
         if batch_size < 1:

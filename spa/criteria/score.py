@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
 from spa.calibrate.collect import Hessian, Moments
-from spa.calibrate.batchnorm import reached_by, renormalized_norms
+from spa.calibrate.batchnorm import folded_estimates, reached_by, renormalized_norms
 from spa.calibrate.frontier import BATCH_SIZE, DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer, consumer_layers, in_graph_order
 from spa.calibrate.sources import Calibration
@@ -123,19 +123,27 @@ def normalize(scores: np.ndarray, how: str) -> np.ndarray:
 
 def group_statistics(graph: gs.Graph, groups: list[Group], calibration: Calibration | None) -> dict[int, str]:
     """Per group, what the statistics of the layers reading its channels come from:
-    "calibration data", "BatchNorm statistics" (every such layer reads a tensor computed
-    from a renormalized BatchNorm, spa.calibrate.batchnorm) or "synthetic inputs"."""
+    "calibration data"; "BatchNorm statistics" where every such layer reads a tensor
+    computed from a renormalized BatchNorm (spa.calibrate.batchnorm); "folded BatchNorm
+    estimates" where each reads one computed from a renormalized BatchNorm or a Conv with
+    estimated statistics; else "synthetic inputs"."""
     if calibration is None:
         return {}
     if calibration.source != "synthetic":
         return {group.id: "calibration data" for group in groups}
-    norms = renormalized_norms(graph, calibration.smallest_batch(BATCH_SIZE)) if calibration.batchnorm else []
-    reached = reached_by(norms)
+    norms, folded = [], []
+    if calibration.batchnorm:
+        batch = calibration.smallest_batch(BATCH_SIZE)
+        norms = renormalized_norms(graph, batch)
+        estimates = folded_estimates(graph, batch)
+        folded = [node for node in graph.nodes if node.op == "Conv" and node.outputs[0].name in estimates]
+    from_norms, from_either = reached_by(norms), reached_by(norms + folded)
     labels = {}
     for group in groups:
-        layers = measurable_layers(graph, group)[0]
-        from_norms = layers and all(layer.input.name in reached for layer, _ in layers)
-        labels[group.id] = "BatchNorm statistics" if from_norms else "synthetic inputs"
+        inputs = [layer.input.name for layer, _ in measurable_layers(graph, group)[0]]
+        labels[group.id] = ("synthetic inputs" if not inputs or not all(n in from_either for n in inputs) else
+                            "BatchNorm statistics" if all(n in from_norms for n in inputs) else
+                            "folded BatchNorm estimates")
     return labels
 
 
