@@ -11,6 +11,7 @@ from spa.analyze.prepare import prepare
 from spa.calibrate.frontier import DEFAULT_BUDGET
 from spa.calibrate.batchnorm import has_batchnorm
 from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
+from spa.criteria.base import DEFAULT_CRITERION
 from spa.criteria.obs import DEFAULT_DAMPING
 from spa.criteria.score import Scoring
 from spa.io.export import export
@@ -24,7 +25,7 @@ __all__ = ["PruneResult", "inspect", "prepared_model", "prune"]
 SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
 
 
-def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = "l2", round_to: int | str = "auto",
+def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_CRITERION, round_to: int | str = "auto",
           min_keep: int = 1, scope: str = "local", max_ratio: float = 0.9, target_macs: float | None = None,
           target_params: float | None = None, target_latency: float | None = None, threads: int = 1, steps: int = 1, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     from spa.analyze import DEFAULT_TARGETS, KINDS
     from spa.criteria.obs import DEFAULT_DAMPING
     from spa.criteria import CRITERIA
+    from spa.criteria.base import DEFAULT_CRITERION
     from spa.criteria.score import NORMALIZATIONS, REDUCTIONS
     from spa.select import SCOPES
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-latency", type=_fraction, metavar="F",
                    help="prune until onnxruntime latency is F of the original (predicted from a profile, then measured)")
     p.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads latency is measured at")
-    p.add_argument("--criterion", choices=list(CRITERIA), default="l2", help="how channels are ranked (README: Criteria)")
+    p.add_argument("--criterion", choices=list(CRITERIA), default=DEFAULT_CRITERION, help="how channels are ranked (README: Criteria)")
     p.add_argument("--scope", choices=SCOPES, default="local",
                    help="local: every group loses the ratio; global: one ranking across groups")
     p.add_argument("--max-ratio", type=_fraction, default=0.9, help="global scope: most any group may lose")

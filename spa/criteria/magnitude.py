@@ -1,4 +1,4 @@
-"""Criteria that read weights only: random, l1, l2 and bn-scale."""
+"""Criteria that read weights only: random, l1, l2, l2-balanced (the default) and bn-scale."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,6 +30,19 @@ class L1(Criterion):
 class L2(L1):
     name = "l2"
     power = 2
+
+
+@register
+class L2Balanced(Criterion):
+    """l2 with every weight member weighed alike: each member's per-channel sums of w² are
+    divided by their mean over the group's channels before they are added, so a layer (a
+    wide consumer, a BatchNorm shift) does not outvote the others by its scale alone."""
+    name = "l2-balanced"
+
+    def weight_scores(self, weights: WeightView, group: Group) -> tuple[list[np.ndarray], str | None]:
+        energies = [member_powers(m, read_values(weights.tensors[m.initializer]), 2)
+                    for m in group.members if m.role == "weight"]
+        return [e / e.mean() if e.mean() > 0 else e for e in energies], None
 
 
 @register

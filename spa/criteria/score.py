@@ -20,7 +20,7 @@ from spa.calibrate.frontier import BATCH_SIZE, DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer, consumer_layers, in_graph_order
 from spa.calibrate.sources import Calibration
 from spa.criteria import CRITERIA, Criterion, obs
-from spa.criteria.base import WeightView
+from spa.criteria.base import DEFAULT_CRITERION, WeightView
 from spa.errors import SpaError
 from spa.progress import progress
 
@@ -31,7 +31,7 @@ NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
 @dataclass
 class Scoring:
     """How to score: the criterion and how member scores become one group score."""
-    criterion: str = "l2"
+    criterion: str = DEFAULT_CRITERION
     reduce: str = "sum"
     normalize: str = "mean"
     seed: int = 0
