@@ -11,6 +11,7 @@ from spa.analyze.prepare import prepare
 from spa.calibrate.frontier import DEFAULT_BUDGET
 from spa.calibrate.batchnorm import has_batchnorm
 from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
+from spa.io.inputs import input_specs
 from spa.criteria.base import DEFAULT_CRITERION
 from spa.criteria.obs import DEFAULT_DAMPING
 from spa.criteria.score import Scoring
@@ -41,7 +42,8 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_C
     `target_latency` of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
     correction run calibration data, or without it synthetic inputs with every BatchNorm
     giving its output the moments training gave it (`batchnorm_stats`, spa.calibrate.batchnorm).
-    Correction is on by default with `calib`, and without it where the model has BatchNorm. The result is checked with onnx.checker and run in onnxruntime; with
+    Correction is on by default with `calib`, and without it where the model has BatchNorm
+    and inputs of fixed size past the batch axis. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
     they were), unless nothing is prunable and not `write_unchanged`; with `report` the
     JSON report is written there too. No output may be a file the input reads.
@@ -54,7 +56,7 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_C
     plan.check()
     loaded = load_model(source)
     if correct_stats is None:
-        plan.correct_stats = calib is not None or (batchnorm_stats and has_batchnorm(loaded.model))
+        plan.correct_stats = calib is not None or (batchnorm_stats and _corrects_without_data(loaded.model))
     calibration = _calibration(loaded.model, plan, calib, calib_samples, seed, batchnorm_stats)
     outputs = Outputs(_path(output), _path(report), write_unchanged)
     return run(loaded, plan, calibration, outputs, verify, seed)
@@ -74,6 +76,13 @@ def prepared_model(source: ModelSource) -> onnx.ModelProto:
     graph = import_graph(loaded)
     prepare(graph)
     return export(graph, loaded.model)
+
+
+def _corrects_without_data(model: onnx.ModelProto) -> bool:
+    """Statistics correction is on by default without data where BatchNorm statistics drive it
+    and synthetic inputs need no guessed sizes (an open H or W may be one the model rejects)."""
+    static = all(isinstance(dim, int) for spec in input_specs(model) for dim in spec.shape[1:])
+    return static and has_batchnorm(model)
 
 
 def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None, seed: int,

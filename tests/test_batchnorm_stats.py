@@ -128,6 +128,10 @@ def test_correction_is_on_without_data_only_where_batchnorm_is():
     shift, scale = np.zeros(CHANNELS), np.ones(CHANNELS)
     with_bn = spa.prune(_bn_model(shift, scale), 0.5, round_to=1)
     assert with_bn.report["correct_stats"] and with_bn.report["statistics"] == "BatchNorm statistics for 1 of 1 groups"
+    open_size = _bn_model(shift, scale)
+    for dim, name in zip(open_size.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
+        dim.dim_param = name  # a size synthetic inputs would have to guess: no correction by default
+    assert not spa.prune(open_size, 0.5, round_to=1).report["correct_stats"]
     rng = np.random.default_rng(1)
     g = Builder()
     x = g.node("Relu", [g.conv("input", "conv1", rng.normal(size=(CHANNELS, 2, 3, 3)), np.zeros(CHANNELS))], "r")
@@ -182,3 +186,20 @@ def test_pruned_channels_of_a_folded_conv_are_estimated_at_zero():
     mean, std = folded_targets(conv, estimate)
     assert mean[2] == std[2] == 0 and (std[[0, 1, 3, 4, 5]] > 0).all()
     np.testing.assert_array_equal(mean[[0, 1, 3]], estimate[0][[0, 1, 3]])
+
+
+@pytest.mark.parametrize("opset", [7, 17])
+def test_ir_version_3_with_constant_weights_prunes_without_data(opset):
+    """Paddle exports (IR version 3, weights in Constant nodes, opset 7) make onnxruntime
+    refuse initializers no node reads: the running statistics a renormalized BatchNorm no
+    longer reads, and ReduceMean's axes before opset 18, must not be left in a segment."""
+    model = _bn_model(np.linspace(-1, 1, CHANNELS), np.ones(CHANNELS), opset=opset)
+    constants = [onnx.helper.make_node("Constant", [], [t.name], value=t) for t in model.graph.initializer]
+    nodes = constants + list(model.graph.node)
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    model.ir_version = 3
+    for criterion in ("obs", "l2"):
+        result = spa.prune(model, 0.5, criterion=criterion, round_to=1)
+        assert result.report["statistics"] == "BatchNorm statistics for 1 of 1 groups"
+        assert result.model.ir_version == 3

@@ -1,6 +1,7 @@
 """How much test accuracy does each pruning criterion keep, without fine-tuning?
 
-For the trained digits models (models/trained/, see its README.md) this prunes with spa's Python
+For the trained models (models/trained/, see its README.md: four on scikit-learn's digits, a
+BatchNorm-kept ResNet on generated shapes, and that ResNet with its BatchNorm folded) this prunes with spa's Python
 API at round_to=1 and measures the pruned model's test accuracy in onnxruntime (CPU, the whole
 test split in one batch). Per model it prints:
 
@@ -39,6 +40,7 @@ obs prune is most of it; the first run also exports the model, about 1.5 min): r
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import os
@@ -57,6 +59,7 @@ import onnx
 import onnxruntime as ort
 
 from spa.api import prune
+from fold_batchnorm import fold_batchnorm  # tools/ is on sys.path when run as a script
 from spa.criteria import CRITERIA as REGISTERED
 from spa.errors import SpaError
 
@@ -65,12 +68,15 @@ MAGNITUDE_CRITERIA = tuple(name for name, method in REGISTERED.items() if not me
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINED = ROOT / "models" / "trained"
-DATA = TRAINED / "digits_data.npz"
-MODELS = {  # model -> suffix of its arrays in DATA ("calib_x" + suffix, "test_x" + suffix)
-    "digits_resnet_bn": "", "digits_resnet": "", "digits_mobilenet": "", "digits_transformer": "_tokens",
+MODELS = {  # model -> its data file in models/trained, and the suffix of its arrays ("calib_x" + suffix, ...)
+    "digits_resnet_bn": ("digits_data.npz", ""), "digits_resnet": ("digits_data.npz", ""),
+    "digits_mobilenet": ("digits_data.npz", ""), "digits_transformer": ("digits_data.npz", "_tokens"),
+    "shapes_resnet_bn": ("shapes_data.npz", ""),  # a second dataset: tools/train_shapes.py
+    "shapes_resnet_folded": ("shapes_data.npz", ""),  # shapes_resnet_bn with BatchNorm folded (tools/fold_batchnorm.py)
 }
+FOLDED_SUFFIX = "_folded"  # a model built at run time from NAME_bn by folding its BatchNorm
 SENTENCE_MODEL = "st_minilm_l6"
-QUICK_MODELS = ("digits_resnet_bn", "digits_transformer")
+QUICK_MODELS = ("digits_resnet_bn", "shapes_resnet_bn", "digits_transformer")
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 QUICK_RATIOS = (0.3, 0.5, 0.7)
 MACS_TARGETS = (0.75, 0.5, 0.3)
@@ -133,10 +139,23 @@ def accuracy(model: onnx.ModelProto | Path, split: Split) -> float:
     return 100.0 * float(np.mean(logits.argmax(axis=1) == split.test_y))
 
 
+def model_path(name: str) -> Path:
+    """models/trained/NAME.onnx, or for NAME_folded a copy of NAME_bn with BatchNorm folded
+    into its convolutions (written once per run to a temporary folder)."""
+    if not name.endswith(FOLDED_SUFFIX):
+        return TRAINED / f"{name}.onnx"
+    path = Path(tempfile.gettempdir()) / f"spa-quality-{os.getpid()}-{name}.onnx"
+    if not path.exists():
+        base = TRAINED / f"{name[:-len(FOLDED_SUFFIX)]}_bn.onnx"
+        onnx.save(fold_batchnorm(base), path)
+        atexit.register(path.unlink, missing_ok=True)
+    return path
+
+
 def write_split(name: str, directory: Path) -> Split:
-    data = np.load(DATA)
-    suffix = MODELS[name]
-    input_name = onnx.load(str(TRAINED / f"{name}.onnx")).graph.input[0].name
+    data_file, suffix = MODELS[name]
+    data = np.load(TRAINED / data_file)
+    input_name = onnx.load(str(model_path(name))).graph.input[0].name
     calib_path = directory / f"{name}_calib.npz"
     np.savez(calib_path, **{input_name: data[f"calib_x{suffix}"]})
     return Split(calib_path, data[f"test_x{suffix}"], data["test_y"])
@@ -153,7 +172,7 @@ def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_sample
     log(call)
     try:
         start = time.perf_counter()
-        result = prune(TRAINED / f"{name}.onnx", cell.ratio or 0.0, criterion=cell.criterion, **options)
+        result = prune(model_path(name), cell.ratio or 0.0, criterion=cell.criterion, **options)
         cell.seconds = time.perf_counter() - start
         cell.accuracy = accuracy(result.model, split)
     except SpaError as error:
@@ -202,7 +221,7 @@ def table_b(name: str, split: Split, args: argparse.Namespace) -> list[list[Cell
 
 def run_model(name: str, directory: Path, args: argparse.Namespace) -> dict:
     split = write_split(name, directory)
-    before = accuracy(TRAINED / f"{name}.onnx", split)
+    before = accuracy(model_path(name), split)
     log(f"{name}: {before:.2f}% before pruning")
     return {"model": name, "accuracy_before": before, "table_a": table_a(name, split, args),
             "table_b": table_b(name, split, args)}

@@ -104,10 +104,11 @@ def renormalize_in_model(model: onnx.ModelProto, norms: list[gs.Node],
     wanted = {node.outputs[0].name: node for node in norms}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
     weights = {t.name: t for t in model.graph.initializer}
-    nodes = []
+    nodes, replaced = [], []
     for proto in model.graph.node:
         norm = wanted.get(proto.output[0]) if proto.op_type == "BatchNormalization" else None
         if norm is not None:
+            replaced.append(proto)
             rank, dtype = len(norm.inputs[0].shape), norm.inputs[1].values.dtype
             scale, bias = proto.input[1], proto.input[2]
             nodes += _renormalize(model, proto.input[0], proto.output[0], (scale, bias), rank, dtype,
@@ -124,6 +125,22 @@ def renormalize_in_model(model: onnx.ModelProto, norms: list[gs.Node],
             nodes += _renormalize(model, proto.output[0], out, target, len(weight.dims), dtype, 1e-5, opset)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    statistics = {name for proto in replaced for name in proto.input[3:5]}
+    if statistics:  # running means and variances read no more: drop them (IR < 4 refuses unread initializers)
+        read = _names_read(nodes)
+        for tensor in [t for t in model.graph.initializer if t.name in statistics and t.name not in read]:
+            model.graph.initializer.remove(tensor)
+
+
+def _names_read(nodes: list[onnx.NodeProto]) -> set[str]:
+    """What `nodes` and their subgraphs read."""
+    read = set()
+    for node in nodes:
+        read.update(node.input)
+        for attribute in node.attribute:
+            for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                read |= _names_read(list(graph.node))
+    return read
 
 
 def _add(model: onnx.ModelProto, name: str, values: np.ndarray, dtype: np.dtype) -> str:
@@ -138,9 +155,10 @@ def _renormalize(model: onnx.ModelProto, x: str, out: str, target: tuple[str, st
     name = PREFIX + out
     axes = [0, *range(2, rank)]
     model.graph.initializer.extend([
-        onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{name}/axes"),
         onnx.numpy_helper.from_array(np.array([1, -1] + [1] * (rank - 2), np.int64), f"{name}/shape"),
         onnx.numpy_helper.from_array(np.array(epsilon, dtype), f"{name}/epsilon")])
+    if opset >= 18:  # ReduceMean's axes: an input from opset 18, an attribute before (IR < 4 refuses unread ones)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{name}/axes"))
     make = onnx.helper.make_node
 
     def mean(source: str, result: str) -> onnx.NodeProto:
