@@ -23,7 +23,8 @@ from spa.select import Selection, round_to_value
 from spa.step import analyze_loaded
 
 __all__ = ["PruneResult", "inspect", "prepared_model", "prune"]
-SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs
+SYNTHETIC_SAMPLES = 64  # data-free: synthetic inputs built from the input specs, for data criteria
+CORRECTION_SAMPLES = 16  # ... for statistics correction alone (per-channel moments: one batch is enough)
 
 
 def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_CRITERION, round_to: int | str = "auto",
@@ -92,7 +93,8 @@ def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None,
     if calib is not None:
         return load_calibration(calib, model, samples)
     if plan.scoring.needs_data or plan.correct_stats:
-        return synthetic_calibration(model, samples or SYNTHETIC_SAMPLES, seed, batchnorm=batchnorm_stats)
+        default = SYNTHETIC_SAMPLES if plan.scoring.needs_data else CORRECTION_SAMPLES
+        return synthetic_calibration(model, samples or default, seed, batchnorm=batchnorm_stats)
     return None
 
 

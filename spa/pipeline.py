@@ -13,7 +13,7 @@ from spa.analyze import Analysis
 from spa.calibrate.sources import Calibration
 from spa.criteria.score import Scores
 from spa.errors import SpaError
-from spa.io.inputs import make_inputs
+from spa.io.inputs import input_specs, make_inputs
 from spa.io.load import Loaded, input_files
 from spa.latency import LatencyModel, measured_ratio
 from spa.io.save import check_outputs, save_model, write_json
@@ -67,7 +67,7 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
         # stay alive through them, so the zeroed model gets a session of its own instead
         reference = replace(reference, dense=None)
     loaded.serialized = None  # the input file's bytes: taken by its session above, unused without verification
-    feeds = reference.feeds if reference is not None else None  # MACs are counted at these input shapes
+    feeds = one_sample(reference.feeds, loaded.model) if reference is not None else None  # MACs are counted at these shapes
     latency = _latency_model(loaded, plan, feeds, seed)
     pruned, done, history, masked = _steps(loaded, plan, calibration, reference, feeds, latency)
     done.first.state.graph = None  # the rewritten working graph: its weights are copied into `pruned`
@@ -91,6 +91,13 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     if outputs.report is not None:
         write_json(outputs.report, summary)
     return result
+
+
+def one_sample(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """`feeds` cut to one sample on every input whose batch axis is open (a calibration batch
+    holds many): MACs and latency are per sample, whatever the data; a static batch stays."""
+    open_batch = {spec.name for spec in input_specs(model) if spec.shape and not isinstance(spec.shape[0], int)}
+    return {name: value[:1] if name in open_batch and value.ndim else value for name, value in feeds.items()}
 
 
 def _latency_model(loaded: Loaded, plan: Plan, feeds: dict | None, seed: int) -> LatencyModel | None:

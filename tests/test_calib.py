@@ -312,3 +312,17 @@ def test_progress_waits_before_drawing(monkeypatch):
     monkeypatch.setattr("sys.stderr", stream)
     assert list(progress(range(3), "calibration", total=3)) == [0, 1, 2]
     assert stream.getvalue() == ""  # a pass under a second prints nothing
+
+
+def test_macs_in_the_report_are_per_sample_whatever_the_calibration_batch(tmp_path):
+    """The summary counted MACs at the shapes of the first calibration batch: 32 samples with
+    --calib, 64 synthetic ones without, 1 with l2. Now one sample each time."""
+    import spa
+    model = MODELS / "trained" / "digits_resnet_bn.onnx"
+    data = np.load(DIGITS)
+    np.savez(tmp_path / "calib.npz", input=data["calib_x"])
+    runs = [spa.prune(model, 0.3, criterion="l2", correct_stats=False),
+            spa.prune(model, 0.3, criterion="l2", calib=tmp_path / "calib.npz"),
+            spa.prune(model, 0.3, criterion="obs")]
+    before = {run.report["before"]["macs"] for run in runs}
+    assert len(before) == 1 and {run.report["after"]["macs"] for run in runs[1:]} == {runs[0].report["after"]["macs"]}
