@@ -91,10 +91,11 @@ def statistics_source(calibration: Calibration | None, per_group: dict[int, str]
     if calibration.source != "synthetic":
         return "calibration data"
     counts = {label: sum(found == label for found in per_group.values()) for label in (*ESTIMATED, "synthetic inputs")}
+    inputs = f"; inputs: {calibration.inputs}" if calibration.inputs else ""
     if not any(counts[label] for label in ESTIMATED):
-        return "synthetic inputs"
+        return "synthetic inputs" + inputs
     parts = [f"{label} for {count}" for label, count in counts.items() if count]
-    return f"{parts[0]} of {len(per_group)} groups" + "".join(f", {part}" for part in parts[1:])
+    return f"{parts[0]} of {len(per_group)} groups" + "".join(f", {part}" for part in parts[1:]) + inputs
 
 
 def data_caution(calibration: Calibration | None, per_group: dict[int, str]) -> str | None:
@@ -141,7 +142,8 @@ def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scor
             "target": plan.target, "steps": history, "correct_stats": plan.correct_stats,
             "calibration": None if calibration is None else {"source": calibration.source,
                                                              "samples": calibration.samples,
-                                                             "batchnorm": calibration.batchnorm},
+                                                             "batchnorm": calibration.batchnorm,
+                                                             "inputs": calibration.inputs},
             "statistics": statistics_source(calibration, scores.statistics),
             "caution": data_caution(calibration, scores.statistics),
             "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),

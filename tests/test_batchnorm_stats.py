@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from criteria_helpers import removed
 from criteria_models import Builder, conv_bn_relu_conv, image_shape, initializers
@@ -15,7 +16,9 @@ from criteria_models import Builder, conv_bn_relu_conv, image_shape, initializer
 import spa
 from spa.calibrate.batchnorm import folded_estimates, folded_targets, renormalized_norms
 from spa.calibrate.collect import Moments
+from spa.calibrate.distill import colored_noise, image_recipe
 from spa.calibrate.frontier import Frontier
+from spa.calibrate import sources
 from spa.calibrate.sources import synthetic_calibration
 from spa.cli import main
 from spa.io.load import import_graph, load_model
@@ -54,7 +57,8 @@ def _rectified_gaussian(mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, 
 
 
 @pytest.mark.parametrize("opset", [17, 18])  # ReduceMean takes its axes as an attribute before 18
-def test_relu_of_a_renormalized_batchnorm_has_the_rectified_gaussian_moments(opset):
+def test_relu_of_a_renormalized_batchnorm_has_the_rectified_gaussian_moments(opset, monkeypatch):
+    monkeypatch.setattr(sources, "image_recipe", lambda *args: None)  # N(0,1) images: Gaussian conv outputs
     shift = np.array([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
     scale = np.array([1.0, 2.0, 0.5, 1.0, 0.3, 1.5])
     moments = _relu_moments(_bn_model(shift, scale, opset=opset), batchnorm=True, samples=256)
@@ -114,7 +118,7 @@ def test_report_says_which_groups_had_batchnorm_statistics(tmp_path, capsys):
     data = json.loads(report.read_text())
     labels = {group["name"].split()[0]: group.get("statistics") for group in data["groups"] if group["prunable"]}
     assert set(labels.values()) == {"BatchNorm statistics", "synthetic inputs"}
-    assert data["statistics"] == "BatchNorm statistics for 2 of 3 groups, synthetic inputs for 1"
+    assert data["statistics"].startswith("BatchNorm statistics for 2 of 3 groups, synthetic inputs for 1; inputs: images ")
     assert data["correct_stats"] and data["calibration"]["batchnorm"]
     out = capsys.readouterr().out
     assert "renormalized" in out and "calibration synthetic + BatchNorm" in out
@@ -127,7 +131,7 @@ def test_report_says_which_groups_had_batchnorm_statistics(tmp_path, capsys):
 def test_correction_is_on_without_data_only_where_batchnorm_is():
     shift, scale = np.zeros(CHANNELS), np.ones(CHANNELS)
     with_bn = spa.prune(_bn_model(shift, scale), 0.5, round_to=1)
-    assert with_bn.report["correct_stats"] and with_bn.report["statistics"] == "BatchNorm statistics for 1 of 1 groups"
+    assert with_bn.report["correct_stats"] and with_bn.report["statistics"].startswith("BatchNorm statistics for 1 of 1")
     open_size = _bn_model(shift, scale)
     for dim, name in zip(open_size.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
         dim.dim_param = name  # a size synthetic inputs would have to guess: no correction by default
@@ -201,5 +205,40 @@ def test_ir_version_3_with_constant_weights_prunes_without_data(opset):
     model.ir_version = 3
     for criterion in ("obs", "l2"):
         result = spa.prune(model, 0.5, criterion=criterion, round_to=1)
-        assert result.report["statistics"] == "BatchNorm statistics for 1 of 1 groups"
+        assert result.report["statistics"].startswith("BatchNorm statistics for 1 of 1 groups")
         assert result.model.ir_version == 3
+
+
+def _stem_fitted_to(slope: float, offset: float) -> onnx.ModelProto:
+    """A conv -> BN model on 16x16 images whose BN running statistics are what its conv makes
+    of offset + 1/f^slope noise: the images spa distils must come out with that slope."""
+    rng = np.random.default_rng(2)
+    g = Builder()
+    conv = g.conv("input", "conv1", rng.normal(size=(8, 1, 3, 3)), rng.normal(size=8))
+    g.batch_norm(conv, "bn1", np.ones(8), np.zeros(8), np.zeros(8), np.ones(8))
+    model = g.build(["N", 1, 16, 16], "bn1", ["N", 8, 16, 16])
+    images = offset + colored_noise([256, 1, 16, 16], slope, np.random.default_rng(3))
+    model.graph.output[0].name = "conv1"  # run the stem alone to get its statistics
+    conv_out = ort.InferenceSession(model.SerializeToString()).run(None, {"input": images})[0]
+    model.graph.output[0].name = "bn1"
+    weights = {t.name: t for t in model.graph.initializer}
+    for name, value in (("bn1_mean", conv_out.mean(axis=(0, 2, 3))), ("bn1_var", conv_out.var(axis=(0, 2, 3)))):
+        weights[name].CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+    return model
+
+
+@pytest.mark.parametrize("slope, offset", [(0.0, 0.0), (2.0, 0.5), (4.0, -1.0)])
+def test_distilled_images_recover_the_spectrum_and_offset_the_batchnorm_recorded(slope, offset):
+    recipe = image_recipe(_stem_fitted_to(slope, offset))
+    assert recipe is not None and recipe.norm == "bn1"
+    assert abs(recipe.slope - slope) <= 0.5
+    np.testing.assert_allclose(recipe.offset, [offset], atol=0.1)
+    assert 0.8 < recipe.scale < 1.25
+
+
+def test_distillation_applies_to_one_fixed_size_image_input_with_a_batchnorm():
+    assert image_recipe(_bn_model(np.zeros(CHANNELS), np.ones(CHANNELS))) is not None
+    open_size = _bn_model(np.zeros(CHANNELS), np.ones(CHANNELS))
+    open_size.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    assert image_recipe(open_size) is None
+    assert image_recipe(_folded_model()) is None  # no BatchNorm: nothing recorded to match

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from spa.calibrate.distill import image_recipe
 from spa.errors import SpaError, first_line
 from spa.io.inputs import InputMaker, InputSpec, input_specs
 
@@ -47,6 +48,7 @@ class Calibration:
     samples: int
     chunks: Callable[[], Iterator[Feed]]  # yields consecutive runs of samples, already cast
     batchnorm: bool = False  # data-free: BatchNorm nodes renormalize with batch statistics
+    inputs: str | None = None  # data-free: how synthetic images were fitted to the model, if they were
     # data-free: per Conv output, the (mean, std) estimated for a BatchNorm folded into it,
     # taken from the model before pruning (spa.calibrate.batchnorm.folded_estimates)
     folded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
@@ -200,12 +202,18 @@ def synthetic_calibration(
     BatchNormalization outputs the moments training gave them (spa.calibrate.batchnorm)."""
     maker = InputMaker(model)
     specs = maker.specs
+    _fixed_batch(specs)
+    recipe = image_recipe(model, seed) if batchnorm else None
 
     def chunks(size: int = 32) -> Iterator[Feed]:
         for index, start in enumerate(range(0, samples, size)):
-            yield maker.feeds(seed + index, default_dim=default_dim, batch=min(size, samples - start))
+            feeds = maker.feeds(seed + index, default_dim=default_dim, batch=min(size, samples - start))
+            if recipe is not None:
+                drawn = feeds[recipe.name]
+                feeds[recipe.name] = recipe.images(list(drawn.shape), np.random.default_rng([seed, index]), drawn.dtype)
+            yield feeds
 
-    _fixed_batch(specs)
     calibration = _finish("synthetic", specs, samples, None, chunks)
     calibration.batchnorm = batchnorm
+    calibration.inputs = recipe.describe() if recipe is not None else None
     return calibration
