@@ -17,12 +17,13 @@ class Moments:
         self.total = self.squares = self.absolute = 0.0
 
     def __call__(self, values: np.ndarray) -> None:
-        moved = np.moveaxis(values, self.axis, -1)
-        rows = moved.reshape(-1, moved.shape[-1]).astype(np.float64)
-        self.count += len(rows)
-        self.total = self.total + rows.sum(axis=0)
-        self.squares = self.squares + np.square(rows).sum(axis=0)
-        self.absolute = self.absolute + np.abs(rows).sum(axis=0)
+        axis = self.axis % values.ndim
+        others = tuple(k for k in range(values.ndim) if k != axis)  # reduced in place: no moved copy
+        wide = values.astype(np.float64)
+        self.count += values.size // max(values.shape[axis], 1)
+        self.total = self.total + wide.sum(axis=others)
+        self.squares = self.squares + np.square(wide, out=wide).sum(axis=others)
+        self.absolute = self.absolute + np.sqrt(wide, out=wide).sum(axis=others)
 
     @property
     def mean(self) -> np.ndarray:

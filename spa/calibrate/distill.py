@@ -53,19 +53,26 @@ class ImageRecipe:
                 f"'{self.norm}'")
 
 
-def colored_noise(shape: list[int], slope: float, rng: np.random.Generator) -> np.ndarray:
+def colored_noise(shape: list[int], slope: float, rng: np.random.Generator,
+                  white: np.ndarray | None = None) -> np.ndarray:
     """[N, C, H, W] noise whose power falls as 1/f^slope, each image and channel scaled to
-    mean 0 and variance 1."""
+    mean 0 and variance 1; from the complex spectrum `white` if given (see white_spectrum)."""
     n, c, h, w = shape
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
     frequency = np.sqrt(fy ** 2 + fx ** 2)
     frequency[0, 0] = 1.0 / max(h, w)
     amplitude = frequency ** (-slope / 2)
-    spectrum = (rng.standard_normal((n, c, h, fx.shape[1])) + 1j * rng.standard_normal((n, c, h, fx.shape[1])))
+    spectrum = white_spectrum(shape, rng) if white is None else white
     images = np.fft.irfft2(spectrum * amplitude, s=(h, w))
     images -= images.mean(axis=(2, 3), keepdims=True)
     images /= np.maximum(images.std(axis=(2, 3), keepdims=True), 1e-12)
     return images.astype(np.float32)
+
+
+def white_spectrum(shape: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Complex white noise for the half spectrum of [N, C, H, W] real images."""
+    half = (*shape[:3], shape[3] // 2 + 1)
+    return rng.standard_normal(half) + 1j * rng.standard_normal(half)
 
 
 def image_recipe(model: onnx.ModelProto, seed: int = 0) -> ImageRecipe | None:
@@ -151,8 +158,9 @@ def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.Tenso
         return out.mean(axis=(0, 2, 3)), out.var(axis=(0, 2, 3))
 
     best = None
+    white = white_spectrum(shape, rng)  # the same draws for every slope: only the slope differs
     for slope in SLOPES:
-        noise = colored_noise(shape, slope, rng)
+        noise = colored_noise(shape, slope, rng, white)
         _, variance = moments(noise)
         if not (variance > 0).all():
             continue
