@@ -33,7 +33,7 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_C
           include_inexact: bool = False, ignore: tuple[str, ...] | list[str] = (), reduce: str = "sum",
           normalize: str = "mean", damping: float = DEFAULT_DAMPING, seed: int = 0,
           calib: str | Path | Calibration | None = None, calib_samples: int | None = None,
-          batchnorm_stats: bool = True, correct_stats: bool | None = None, memory_budget: int | str = DEFAULT_BUDGET, verify: bool = True,
+          batchnorm_stats: bool = True, folded_estimates: bool = False, correct_stats: bool | None = None, memory_budget: int | str = DEFAULT_BUDGET, verify: bool = True,
           output: str | Path | None = None, report: str | Path | None = None,
           write_unchanged: bool = True) -> PruneResult:
     """Remove channels from every prunable group of the `targets` kinds: `ratio` of each
@@ -42,7 +42,8 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_C
     predicted from a profile, then measured) down to `target_macs`/`target_params`/
     `target_latency` of the original; in `steps` prune-and-rescore rounds. Data criteria and statistics
     correction run calibration data, or without it synthetic inputs with every BatchNorm
-    giving its output the moments training gave it (`batchnorm_stats`, spa.calibrate.batchnorm).
+    giving its output the moments training gave it (`batchnorm_stats`, spa.calibrate.batchnorm;
+    `folded_estimates` also renormalizes Convs a BatchNorm may have been folded into).
     Correction is on by default with `calib`, and without it where the model has BatchNorm
     and inputs of fixed size past the batch axis. The result is checked with onnx.checker and run in onnxruntime; with
     `output` it is written there (atomically, after the check; weights stay external if
@@ -58,7 +59,7 @@ def prune(source: ModelSource, ratio: float = 0.0, *, criterion: str = DEFAULT_C
     loaded = load_model(source)
     if correct_stats is None:
         plan.correct_stats = calib is not None or (batchnorm_stats and _corrects_without_data(loaded.model))
-    calibration = _calibration(loaded.model, plan, calib, calib_samples, seed, batchnorm_stats)
+    calibration = _calibration(loaded.model, plan, calib, calib_samples, seed, batchnorm_stats, folded_estimates)
     outputs = Outputs(_path(output), _path(report), write_unchanged)
     return run(loaded, plan, calibration, outputs, verify, seed)
 
@@ -87,14 +88,15 @@ def _corrects_without_data(model: onnx.ModelProto) -> bool:
 
 
 def _calibration(model: onnx.ModelProto, plan: Plan, calib, samples: int | None, seed: int,
-                 batchnorm_stats: bool) -> Calibration | None:
+                 batchnorm_stats: bool, folded_estimates: bool) -> Calibration | None:
     if isinstance(calib, Calibration):
         return calib
     if calib is not None:
         return load_calibration(calib, model, samples)
     if plan.scoring.needs_data or plan.correct_stats:
         default = SYNTHETIC_SAMPLES if plan.scoring.needs_data else CORRECTION_SAMPLES
-        return synthetic_calibration(model, samples or default, seed, batchnorm=batchnorm_stats)
+        return synthetic_calibration(model, samples or default, seed, batchnorm=batchnorm_stats,
+                                     estimate_folded=folded_estimates)
     return None
 
 

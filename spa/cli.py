@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: on with --calib, and without it where the model has BatchNorm)")
     p.add_argument("--no-batchnorm-stats", dest="batchnorm_stats", action="store_false",
                    help="without --calib: synthetic inputs alone, BatchNorm nodes not renormalizing them")
+    p.add_argument("--folded-estimates", action="store_true",
+                   help="without --calib: also renormalize each Conv with a bias to the moments a BatchNorm "
+                        "folded into it would give (a guess: README, Data-free pruning)")
     p.add_argument("--memory-budget", default="1G", metavar="SIZE",
                    help="calibration activations kept in memory (e.g. 512M, 4G); past it they go to a temporary file")
     p.add_argument("--damping", type=_damping, default=DEFAULT_DAMPING, help="obs/greedy: Hessian damping, x mean diagonal")
@@ -284,7 +287,7 @@ def _prune(args: argparse.Namespace) -> int:
                    target_macs=args.target_macs, target_params=args.target_params,
                    target_latency=args.target_latency, threads=args.threads, steps=args.steps,
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
-                   batchnorm_stats=args.batchnorm_stats,
+                   batchnorm_stats=args.batchnorm_stats, folded_estimates=args.folded_estimates,
                    damping=args.damping, memory_budget=args.memory_budget, report=args.report)
     if result.written is None:
         print(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "

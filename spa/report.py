@@ -109,9 +109,8 @@ def data_caution(calibration: Calibration | None, per_group: dict[int, str]) -> 
     if any(label in ESTIMATED for label in per_group.values()):
         return ("no calibration data: statistics came from synthetic inputs renormalized to the moments the "
                 "model's BatchNorm parameters give (" + statistics_source(calibration, per_group) + "); "
-                "this keeps much of a trained CNN's accuracy with --criterion obs where BatchNorm was kept, "
-                "less where it was folded or with magnitude criteria (README, Data-free pruning). "
-                "With data: --calib DATA")
+                "--criterion obs keeps the most this way (a trained BatchNorm ResNet at ratio 0.3: 100% with "
+                "obs, 77% with l2; README, Data-free pruning). With data: --calib DATA")
     return ("no calibration data: statistics came from synthetic inputs (N(0,1) floats, random token ids), "
             "which rarely look like real inputs; on trained models without BatchNorm this costs most of the "
             "accuracy (README, Quality). With data: --calib DATA")

@@ -42,7 +42,7 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     if groups and not scored:
         raise SpaError(f"criterion '{plan.scoring.criterion}' can score none of the {len(groups)} prunable groups "
                        f"({next(iter(scores.unscored.values()))})")
-    if calibration is not None and calibration.batchnorm:  # folded BatchNorm: estimated before any change
+    if calibration is not None and calibration.estimate_folded:  # folded BatchNorm: estimated before any change
         calibration.folded = folded_estimates(graph, calibration.smallest_batch(BATCH_SIZE))
     scores.statistics = group_statistics(graph, scored, calibration)
     counts = _counts(loaded, plan, scored, scores, feeds, latency)

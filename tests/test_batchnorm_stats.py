@@ -163,7 +163,8 @@ def test_folded_convs_are_renormalized_to_their_estimates_and_measured_before_it
     weights = initializers(model)
     graph = import_graph(load_model(model))
     moments = {name: Moments(1) for name in ("relu0", "conv1", "pre1")}
-    with Frontier(graph, synthetic_calibration(model, 256, batchnorm=True), model.ir_version) as frontier:
+    calibration = synthetic_calibration(model, 256, batchnorm=True, estimate_folded=True)
+    with Frontier(graph, calibration, model.ir_version) as frontier:
         frontier.measure({name: [found] for name, found in moments.items()})
     norms = {name: np.linalg.norm(weights[f"{name}_w"].reshape(CHANNELS, -1), axis=1) for name in ("conv0", "conv1")}
     relu0_mean, _ = _rectified_gaussian(weights["conv0_b"], norms["conv0"])
@@ -175,7 +176,8 @@ def test_folded_convs_are_renormalized_to_their_estimates_and_measured_before_it
 
 
 def test_report_says_which_groups_had_folded_estimates():
-    result = spa.prune(_folded_model(), 0.5, criterion="obs", round_to=1)
+    assert spa.prune(_folded_model(), 0.5, criterion="obs", round_to=1).report["statistics"] == "synthetic inputs"
+    result = spa.prune(_folded_model(), 0.5, criterion="obs", round_to=1, folded_estimates=True)
     assert {g.get("statistics") for g in result.report["groups"] if g["prunable"]} == {"folded BatchNorm estimates"}
     assert result.report["statistics"] == "folded BatchNorm estimates for 2 of 2 groups"
     assert not result.report["correct_stats"]  # on by default only where BatchNorm was kept

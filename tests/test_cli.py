@@ -48,7 +48,8 @@ def test_report_lists_removed_channels(model, tmp_path):
 @pytest.mark.parametrize("extra, statistics, note", [
     ([], "weights only", "ranked by their weights alone"),
     (["--criterion", "obs", "--calib-samples", "8", "--no-batchnorm-stats"], "synthetic inputs", "synthetic inputs"),
-    (["--criterion", "obs", "--calib-samples", "8"], "folded BatchNorm estimates for", "renormalized"),
+    (["--criterion", "obs", "--calib-samples", "8"], "synthetic inputs", "synthetic inputs"),
+    (["--criterion", "obs", "--calib-samples", "8", "--folded-estimates"], "folded BatchNorm estimates for", "renormalized"),
     (["--criterion", "obs", "--calib", "DATA"], "calibration data", None),
 ])
 def test_prune_says_what_its_statistics_came_from(model, tmp_path, capsys, extra, statistics, note):

@@ -10,8 +10,8 @@ test split in one batch). Per model it prints:
   (the calibration split, statistics correction on: spa's default with data), "calib, no
   correction", "data-free" (spa's default without data: synthetic inputs that the model's
   BatchNorm nodes renormalize, correction on where there is BatchNorm), "data-free, no
-  correction" and "data-free, inputs only" (synthetic inputs alone, no correction: spa before
-  BatchNorm statistics). Magnitude criteria only read data for the correction, so they run
+  correction", "data-free, inputs only" (synthetic inputs alone, no correction: spa before
+  BatchNorm statistics) and "data-free, folded estimates" (`folded_estimates=True`). Magnitude criteria only read data for the correction, so they run
   "no data" (spa's default), "no data, no correction" (weights only) and "calib correction
   only". A criterion that cannot score a model's groups (bn-scale without BatchNorm) shows
   spa's reason instead of numbers;
@@ -91,13 +91,15 @@ class Setting:
     calib: bool  # the calibration split, or synthetic inputs if a criterion needs data
     correct_stats: bool | None  # None: spa's default (on with calib, or without it where the model has BatchNorm)
     batchnorm_stats: bool = True  # without calib: BatchNorm nodes renormalize the synthetic inputs
+    folded_estimates: bool = False  # without calib: Convs renormalized as if BatchNorm had been folded in
 
 
 MAGNITUDE_SETTINGS = (Setting("no data", False, None), Setting("no data, no correction", False, False),
                       Setting("calib correction only", True, None))
 DATA_SETTINGS = (Setting("calib", True, None), Setting("calib, no correction", True, False),
                  Setting("data-free", False, None), Setting("data-free, no correction", False, False),
-                 Setting("data-free, inputs only", False, False, batchnorm_stats=False))
+                 Setting("data-free, inputs only", False, False, batchnorm_stats=False),
+                 Setting("data-free, folded estimates", False, None, folded_estimates=True))
 TARGET_ROWS = (("l2", MAGNITUDE_SETTINGS[0]), ("l2", MAGNITUDE_SETTINGS[1]), ("obs", DATA_SETTINGS[0]),
                ("greedy", DATA_SETTINGS[0]), ("fluctuation", DATA_SETTINGS[0]))
 
@@ -167,6 +169,7 @@ def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_sample
                    calib=split.calib_path if setting.calib else None,
                    calib_samples=calib_samples if setting.calib else None,
                    correct_stats=setting.correct_stats, batchnorm_stats=setting.batchnorm_stats,
+                   folded_estimates=setting.folded_estimates,
                    verify=cell.verified)
     call = f"prune({name!r}, {cell.ratio or 0.0}, {cell.criterion!r}, {options})"
     log(call)

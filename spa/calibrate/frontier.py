@@ -71,7 +71,8 @@ class Frontier:
         if calibration.batchnorm:
             batch = calibration.smallest_batch(BATCH_SIZE)
             self.renormalized = {id(node) for node in renormalized_norms(graph, batch)}
-            self.folded = calibration.folded if calibration.folded is not None else folded_estimates(graph, batch)
+            if calibration.estimate_folded:
+                self.folded = calibration.folded if calibration.folded is not None else folded_estimates(graph, batch)
             for name in self.folded:  # a folded Conv's output is measured before renormalization
                 if name in self.producer:
                     self.producer[raw_output(name)] = self.producer[name]

@@ -49,6 +49,7 @@ class Calibration:
     chunks: Callable[[], Iterator[Feed]]  # yields consecutive runs of samples, already cast
     batchnorm: bool = False  # data-free: BatchNorm nodes renormalize with batch statistics
     inputs: str | None = None  # data-free: how synthetic images were fitted to the model, if they were
+    estimate_folded: bool = False  # data-free: renormalize Convs a BatchNorm may have been folded into
     # data-free: per Conv output, the (mean, std) estimated for a BatchNorm folded into it,
     # taken from the model before pruning (spa.calibrate.batchnorm.folded_estimates)
     folded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
@@ -194,12 +195,14 @@ def load_calibration(path: str | Path, model: onnx.ModelProto, samples: int | No
 
 
 def synthetic_calibration(
-    model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16, batchnorm: bool = False
+    model: onnx.ModelProto, samples: int = 64, seed: int = 0, default_dim: int = 16, batchnorm: bool = False,
+    estimate_folded: bool = False,
 ) -> Calibration:
     """Random samples from spa.io.inputs.InputMaker (the same rules as every synthetic input):
     floats ~ N(0,1), table indices within the table, masks 0/1 padding masks. Open non-batch
     dims the graph does not fix take `default_dim`. With `batchnorm`, calibration passes give
-    BatchNormalization outputs the moments training gave them (spa.calibrate.batchnorm)."""
+    BatchNormalization outputs the moments training gave them (spa.calibrate.batchnorm), and
+    with `estimate_folded` too the Convs a BatchNorm may have been folded into."""
     maker = InputMaker(model)
     specs = maker.specs
     _fixed_batch(specs)
@@ -214,6 +217,6 @@ def synthetic_calibration(
             yield feeds
 
     calibration = _finish("synthetic", specs, samples, None, chunks)
-    calibration.batchnorm = batchnorm
+    calibration.batchnorm, calibration.estimate_folded = batchnorm, batchnorm and estimate_folded
     calibration.inputs = recipe.describe() if recipe is not None else None
     return calibration

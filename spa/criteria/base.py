@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from spa.calibrate.layers import LinearLayer
 
 CRITERIA: dict[str, "Criterion"] = {}
-DEFAULT_CRITERION = "l2-balanced"  # what ranks channels when no criterion is given (tools/results/datafree.md)
+DEFAULT_CRITERION = "l2"  # what ranks channels when no criterion is given (README, Data-free pruning: why)
 
 
 def register(cls: type["Criterion"]) -> type["Criterion"]:

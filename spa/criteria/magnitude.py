@@ -1,4 +1,4 @@
-"""Criteria that read weights only: random, l1, l2, l2-balanced (the default) and bn-scale."""
+"""Criteria that read weights only: random, l1, l2 (the default), l2-balanced and bn-scale."""
 from __future__ import annotations
 
 import numpy as np

@@ -135,7 +135,7 @@ def group_statistics(graph: gs.Graph, groups: list[Group], calibration: Calibrat
     if calibration.batchnorm:
         batch = calibration.smallest_batch(BATCH_SIZE)
         norms = renormalized_norms(graph, batch)
-        estimates = folded_estimates(graph, batch)
+        estimates = folded_estimates(graph, batch) if calibration.estimate_folded else {}
         folded = [node for node in graph.nodes if node.op == "Conv" and node.outputs[0].name in estimates]
     from_norms, from_either = reached_by(norms), reached_by(norms + folded)
     labels = {}
