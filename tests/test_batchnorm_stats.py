@@ -238,6 +238,13 @@ def test_distilled_images_recover_the_spectrum_and_offset_the_batchnorm_recorded
     assert 0.8 < recipe.scale < 1.25
 
 
+def test_distillation_runs_a_static_batch_of_one_as_it_is():
+    model = _stem_fitted_to(2.0, 0.0)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # exporters often fix batch 1
+    recipe = image_recipe(model)
+    assert recipe is not None and abs(recipe.slope - 2.0) <= 0.5
+
+
 def test_distillation_applies_to_one_fixed_size_image_input_with_a_batchnorm():
     assert image_recipe(_bn_model(np.zeros(CHANNELS), np.ones(CHANNELS))) is not None
     open_size = _bn_model(np.zeros(CHANNELS), np.ones(CHANNELS))

@@ -30,7 +30,8 @@ from spa.io.inputs import input_specs
 from spa.io.runtime import session
 
 SLOPES = tuple(np.arange(0.0, 5.01, 0.5))
-FIT_SAMPLES = 16
+FIT_SAMPLES = 16  # images per fitting run at most ...
+FIT_PIXELS = 1 << 18  # ... and at least 2, about this many pixels per channel in all
 MIN_SIZE = 4  # smaller images have no spectrum worth fitting
 
 
@@ -88,7 +89,10 @@ def image_recipe(model: onnx.ModelProto, seed: int = 0) -> ImageRecipe | None:
         return None
     try:
         stem = session(_stem_model(model, spec.name, norm.input[0]))
-        return _fit(stem, spec.name, norm, _constants(model), [FIT_SAMPLES, *spec.shape[1:]], seed)
+        samples = int(np.clip(FIT_PIXELS // (spec.shape[2] * spec.shape[3]), 2, FIT_SAMPLES))
+        batch = spec.shape[0] if isinstance(spec.shape[0], int) else samples  # a static batch is run as it is
+        samples += -samples % batch
+        return _fit(stem, spec.name, norm, _constants(model), [samples, *spec.shape[1:]], batch, seed)
     except Exception:  # noqa: BLE001 - a stem onnxruntime cannot run alone (external data, ...): no recipe
         return None
 
@@ -145,16 +149,16 @@ def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.TensorProto], shape: list[int],
-         seed: int) -> ImageRecipe | None:
+         batch: int, seed: int) -> ImageRecipe | None:
     """The slope, scale and offsets whose stem output matches `norm`'s running statistics."""
     running_mean = numpy_helper.to_array(constants[norm.input[3]]).astype(np.float64)
     running_variance = numpy_helper.to_array(constants[norm.input[4]]).astype(np.float64)
-    if not (running_variance > 0).all():
-        return None
     rng = np.random.default_rng(seed)
 
     def moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = stem.run(None, {image: images.astype(np.float32)})[0].astype(np.float64)
+        runs = [stem.run(None, {image: images[start:start + batch].astype(np.float32)})[0]
+                for start in range(0, len(images), batch)]
+        out = np.concatenate(runs).astype(np.float64)
         return out.mean(axis=(0, 2, 3)), out.var(axis=(0, 2, 3))
 
     best = None
@@ -162,9 +166,10 @@ def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.Tenso
     for slope in SLOPES:
         noise = colored_noise(shape, slope, rng, white)
         _, variance = moments(noise)
-        if not (variance > 0).all():
+        alive = (variance > 0) & (running_variance > 0)  # a dead stem channel says nothing of the spectrum
+        if not alive.any():
             continue
-        log_ratio = np.log(variance) - np.log(running_variance)
+        log_ratio = np.log(variance[alive]) - np.log(running_variance[alive])
         mismatch = float(np.mean((log_ratio - log_ratio.mean()) ** 2))
         if best is None or mismatch < best[0]:
             best = (mismatch, slope, float(np.exp(-log_ratio.mean() / 2)), noise)
