@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spa.criteria.base import DEFAULT_CRITERION
     from spa.criteria.score import NORMALIZATIONS, REDUCTIONS
     from spa.select import SCOPES
+    from spa import _version
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
+    parser.add_argument("--version", action="version", version=f"spa {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = commands.add_parser("prune", help="remove channels; writes IN_STEM.pruned.onnx")
