@@ -5,7 +5,9 @@
 """
 from spa.errors import SpaError
 
-__all__ = ["PruneResult", "SpaError", "inspect", "prune"]
+__all__ = ["PruneResult", "SpaError", "__version__", "inspect", "prune"]
+
+DISTRIBUTION = "spa-prune"  # the name on PyPI (`spa` there is another project); imported as `spa`
 
 
 def __getattr__(name: str):
@@ -13,4 +15,24 @@ def __getattr__(name: str):
     if name in ("PruneResult", "inspect", "prune"):
         from spa import api
         return getattr(api, name)
+    if name == "__version__":
+        return _version()
     raise AttributeError(f"module 'spa' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed distribution's version; not installed under DISTRIBUTION (a source
+    checkout on PYTHONPATH), the version in the checkout's pyproject.toml; else 0+unknown."""
+    import re
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        pass
+    try:
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    return match.group(1) if match and f'name = "{DISTRIBUTION}"' in text else "0+unknown"

@@ -1,4 +1,4 @@
-"""The `spa` command: prune, inspect, bench. Errors are one line and a non-zero exit."""
+"""The `spa` command: prune, inspect, bench, compare. Errors are one line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spa.errors import SpaError
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 1, 2, 3
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_DIFFER = 1, 2, 3, 4  # EXIT_DIFFER: spa compare found outputs apart
 
 
 class UsageError(SpaError):
@@ -54,6 +54,7 @@ def _number(accepts, range_text: str):
 _ratio = _number(lambda v: 0 <= v < 1, "in [0, 1)")
 _fraction = _number(lambda v: 0 < v <= 1, "in (0, 1]")
 _damping = _number(lambda v: 0 <= v < float("inf"), "a finite number >= 0")
+_tolerance = _damping
 
 
 def _positive(text: str) -> int:
@@ -74,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     from spa.criteria.base import DEFAULT_CRITERION
     from spa.criteria.score import NORMALIZATIONS, REDUCTIONS
     from spa.select import SCOPES
+    from spa import _version
     parser = _Parser(prog="spa", description="Structurally prune ONNX models.")
+    parser.add_argument("--version", action="version", version=f"spa {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = commands.add_parser("prune", help="remove channels; writes IN_STEM.pruned.onnx")
@@ -133,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--per-node", action="store_true",
                    help="also profile both in onnxruntime: time per node before, after, and as predicted")
+
+    from spa.compare import DEFAULT_ATOL, DEFAULT_RTOL, SYNTHETIC_SAMPLES
+    c = commands.add_parser("compare", help="how far B's outputs are from A's; exit 4 if any output is out of tolerance")
+    c.add_argument("model_a", type=Path, metavar="A", help="the reference")
+    c.add_argument("model_b", type=Path, metavar="B")
+    c.add_argument("--calib", type=Path, metavar="DATA", help="inputs: .npz named after the inputs, or a folder of "
+                   f".npz/.npy (default: {SYNTHETIC_SAMPLES} synthetic samples)")
+    c.add_argument("--samples", type=_positive, metavar="N", help="compare on at most N samples")
+    c.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL, help="pass: |A-B| <= atol + rtol*|A| everywhere")
+    c.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL)
+    c.add_argument("--json", action="store_true")
     return parser
 
 
@@ -152,7 +166,7 @@ def _run(argv: list[str] | None, stderr, interrupted: list[bool]) -> int:
     try:
         with _terminate_as_exit():
             args = build_parser().parse_args(argv)
-            return {"prune": _prune, "inspect": _inspect, "bench": _bench}[args.command](args)
+            return {"prune": _prune, "inspect": _inspect, "bench": _bench, "compare": _compare}[args.command](args)
     except SpaError as error:
         _say(stderr, f"spa: error: {error}")
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
@@ -347,6 +361,13 @@ def _bench(args: argparse.Namespace) -> int:
     else:
         print(format_bench(result) + ("\n\n" + format_per_node(result["per_node"]) if args.per_node else ""))
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from spa.compare import compare, format_compare
+    result = compare(args.model_a, args.model_b, calib=args.calib, samples=args.samples, atol=args.atol, rtol=args.rtol)
+    print(json.dumps(result, indent=2) if args.json else format_compare(result))
+    return 0 if result["passed"] else EXIT_DIFFER
 
 
 if __name__ == "__main__":
