@@ -64,9 +64,11 @@ def inspect_table(analysis: Analysis) -> str:
     """One row per group, under a heading per block (`layer2`, `model.encoder.layer.0`) where
     the model has several: rows in graph order, each block's rows together where it starts."""
     lines = [f"{'group':>5} {'kind':8} {'size':>5}  {'prunable':8} {'exact':5}  layer: what / why kept whole"]
-    headed = len({group.block for group in analysis.groups} - {""}) > 1
+    rows = _by_block(analysis.groups)
+    runs = sum(1 for before, group in zip([None] + rows, rows) if before is None or before.block != group.block)
+    headed = len({group.block for group in rows} - {""}) > 1 and 4 * runs <= 3 * len(rows)  # not a heading a row
     block = None
-    for group in _by_block(analysis.groups) if headed else analysis.groups:
+    for group in rows if headed else analysis.groups:
         if headed and group.block != block:
             block = group.block
             lines.append(f"{block or '(top level)'}")

@@ -113,15 +113,18 @@ def test_inspect_table_has_a_heading_per_block():
 def test_inspect_table_gathers_a_block_split_by_another_group():
     """A transformer's hidden group, made first in layer 0, does not split layer 0's rows; a
     layer outside any block keeps its place."""
-    table = spa.inspect(str(MODELS / "transformers" / "bert_tiny.onnx"))
-    lines = inspect_table(table).splitlines()
+    lines = inspect_table(spa.inspect(str(MODELS / "transformers" / "bert_tiny.onnx"))).splitlines()
     headings = [line for line in lines[1:-1] if not line.startswith(" ")]
-    assert headings == sorted(set(headings), key=headings.index)  # each block once
-    assert headings[0] == "model.bert.encoder.layer.0"
-    rows = [line for line in lines[1:-1] if line.startswith(" ")]
-    assert [row.split()[0] for row in rows[:2]] == ["0", "2"]
-    resnet = inspect_table(spa.inspect(str(RESNET))).splitlines()
-    assert resnet[-3:-1] == ["(top level)", "    8 mlp         10  no       yes    8: reaches graph output 'output'"]
+    assert headings == ["model.bert.encoder.layer.0", "model.bert.encoder", "model.bert.encoder.layer.1",
+                        "model.bert.pooler", "(top level)"]
+    rows = [line.split()[0] for line in lines[1:-1] if line.startswith(" ")]
+    assert rows == ["0", "2", "1", "3", "4", "5", "6"]
+    assert lines[-3:-1] == ["(top level)", "    6 mlp          4  no       yes    model.classifier: reaches graph output 'logits'"]
+
+
+def test_inspect_table_has_no_headings_where_each_would_head_one_row():
+    lines = inspect_table(spa.inspect(str(RESNET))).splitlines()  # blocks 0..5 of one or two groups each
+    assert all(line.startswith(" ") for line in lines[1:-1])
 
 
 def test_ignore_takes_a_layer_or_module_name():
@@ -132,3 +135,21 @@ def test_ignore_takes_a_layer_or_module_name():
     assert ignored("layer2") == [False, True, False]  # layer2.0.conv1 reads group 1 (group 2 is an output already)
     assert ignored("layer1.0.conv1") == [True, False, False]
     assert ignored("layer1.0.conv") == [False, False, False]  # whole parts only
+
+
+def test_a_stream_two_blocks_pass_on_is_named_by_its_first_layer():
+    """MobileNetV2's residual stream through features.2 and features.3: not `features`."""
+    rng = np.random.default_rng(0)
+    weights = {"onnx::Conv_1": (4, 3), "onnx::Conv_2": (4, 4), "onnx::Conv_3": (2, 4)}
+    inits = [numpy_helper.from_array(rng.standard_normal((o, i, 1, 1)).astype(np.float32), n)
+             for n, (o, i) in weights.items()]
+    nodes = [helper.make_node("Conv", ["x", "onnx::Conv_1"], ["s"], name="/features/features.2/conv/Conv"),
+             helper.make_node("Conv", ["s", "onnx::Conv_2"], ["p"], name="/features/features.3/conv/Conv"),
+             helper.make_node("Add", ["s", "p"], ["a"], name="/features/features.3/Add"),
+             helper.make_node("Conv", ["a", "onnx::Conv_3"], ["y"], name="/classifier/Conv")]
+    graph = helper.make_graph(nodes, "stream", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    [stream, _] = _analysis(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).groups
+    assert stream.layers == ["features.2.conv", "features.3.conv"]
+    assert stream.name == "features.2.conv" and stream.block == "features.2"
+    assert stream.describe() == "4 channels made by features.{2.conv, 3.conv}; read by classifier"

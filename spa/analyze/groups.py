@@ -126,8 +126,15 @@ class Group:
         shown after the group's name, which says what one layer making it is already."""
         if not self.shared:
             return self._what(limit, named)
-        names = ", ".join(f"'{name}' ({count} readers)" for name, count in sorted(self.shared.items()))
+        names = ", ".join(self._shared(name, count, limit) for name, count in sorted(self.shared.items()))
         return f"{self._what(limit, named)}; coupled through shared {names}"
+
+    def _shared(self, name: str, count: int, limit: int | None) -> str:
+        """A shared weight by its name, or where that is numbered by the layers reading it."""
+        layers = next((m.layer for m in self.members if m.initializer == name and m.layer), "")
+        if numbered(name) and layers:
+            return f"weight of {_listed(layers.split(', '), limit)}"
+        return f"'{name}' ({count} readers)"
 
     def _what(self, limit: int | None, named: bool) -> str:
         layers = self._producer_layers()
@@ -207,9 +214,10 @@ def _add_names(state: AnalysisState, groups: list[Group]) -> None:
     root = common_prefix(every) if len(every) > 1 else ""
     for group in groups:
         prefix = common_prefix(group.layers) if len(group.layers) > 1 else ""
-        named = len(prefix) > len(root) and not any(numbered(layer) for layer in group.layers)
-        group.name = prefix if named else group.layers[0]
         blocks = _unique("" if numbered(layer) else block_of(layer, root) for layer in group.layers)
+        named = len(prefix) > len(root) and not any(numbered(layer) for layer in group.layers) \
+            and (len(blocks) == 1 or group.kind == "hidden")  # not a stream two blocks pass on, by their parent
+        group.name = prefix if named else group.layers[0]
         group.block = blocks[0] if len(blocks) == 1 else block_of(group.name, root)
 
 
