@@ -61,20 +61,42 @@ def _number(value: float) -> str:
 
 
 def inspect_table(analysis: Analysis) -> str:
-    lines = [f"{'group':>5} {'kind':8} {'size':>5}  {'prunable':8} {'exact':5}  what / why kept whole"]
-    for group in analysis.groups:
+    """One row per group, under a heading per block (`layer2`, `model.encoder.layer.0`) where
+    the model has several: rows in graph order, each block's rows together where it starts."""
+    lines = [f"{'group':>5} {'kind':8} {'size':>5}  {'prunable':8} {'exact':5}  layer: what / why kept whole"]
+    rows = _by_block(analysis.groups)
+    runs = sum(1 for before, group in zip([None] + rows, rows) if before is None or before.block != group.block)
+    headed = len({group.block for group in rows} - {""}) > 1 and 4 * runs <= 3 * len(rows)  # not a heading a row
+    block = None
+    for group in rows if headed else analysis.groups:
+        if headed and group.block != block:
+            block = group.block
+            lines.append(f"{block or '(top level)'}")
         lines.append(f"{group.id:>5} {group.kind:8} {group.size:>5}  {_yes(group.prunable):8} "
-                     f"{_yes(group.exact):5}  {_detail(group)}")
+                     f"{_yes(group.exact):5}  {group.name}: {_detail(group)}")
     prunable = len(analysis.prunable_groups())
     lines.append(f"{len(analysis.groups)} groups, {prunable} prunable and exact")
     return "\n".join(lines)
 
 
+def _by_block(groups: list[Group]) -> list[Group]:
+    """Graph order, each block's groups moved up to its first (a transformer's hidden group,
+    made in layer 0, does not split layer 0's rows); layers outside any block stay where they are."""
+    first: dict[str, int] = {}
+    for position, group in enumerate(groups):
+        first.setdefault(group.block, position)
+    return [group for _, group in sorted(enumerate(groups), key=lambda item: (
+        first[item[1].block] if item[1].block else item[0], item[0]))]
+
+
+LISTED = 4  # layers named in a row of the inspect table before "and N more"
+
+
 def _detail(group: Group) -> str:
     if not group.prunable:
-        return f"{group.name}: " + "; ".join(group.reasons)
+        return "; ".join(group.reasons)
     note = "" if group.exact else f"  (not exact: {'; '.join(group.inexact_reasons)})"
-    return group.describe() + note
+    return group.describe(LISTED, named=True) + note
 
 
 def _yes(flag: bool) -> str:

@@ -106,7 +106,7 @@ def test_channel_shuffle_prunes_whole_shuffle_groups():
 def test_ignore_keeps_named_node():
     model = str(MODELS / "resnet_basic.onnx")
     first = spa.inspect(model).groups[0]
-    kept = spa.inspect(model, ignore=[first.name]).groups[0]
+    kept = spa.inspect(model, ignore=[first.node]).groups[0]  # the node as the file names it
     assert first.prunable and not kept.prunable and "ignore" in kept.reasons[0]
 
 

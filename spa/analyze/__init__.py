@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AnalysisState, NodeContext, static_dim
 from spa.analyze.groups import KINDS, Group, Member, build_groups
+from spa.analyze.names import layer_nodes
 from spa.analyze import ops  # noqa: F401 - the op modules register their rules and rewrite hooks
 from spa.analyze.registry import rule_for, unknown
 from spa.analyze.shape_uses import check_shape_uses
@@ -89,11 +90,13 @@ def _fix_tensor(state: AnalysisState, name: str, reason: str) -> None:
 
 
 def _keep_requested(state: AnalysisState, names: tuple[str, ...]) -> None:
-    """--ignore: a node keeps its outputs' channels, an initializer all of its channels."""
+    """--ignore: a node keeps its outputs' channels, an initializer all of its channels; a
+    layer or module as `spa inspect` names it (`layer2.0.conv1`, `layer2`) is its nodes."""
     nodes = {node.name: node for node in state.graph.nodes}
+    known = set(state.graph.tensors())
     for name in names:
-        tensors = [t.name for t in nodes[name].outputs] if name in nodes else [name]
-        if name in nodes:
-            tensors += [t.name for t in nodes[name].inputs if isinstance(t, gs.Constant)]
+        found = [nodes[name]] if name in nodes else [] if name in known else layer_nodes(state.graph, name)
+        tensors = [t.name for node in found for t in node.outputs] if found else [name]
+        tensors += [t.name for node in found for t in node.inputs if isinstance(t, gs.Constant)]
         for tensor in tensors:
             _fix_tensor(state, tensor, f"kept by --ignore {name}")

@@ -7,6 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze.context import AnalysisState
+from spa.analyze.names import block_of, common_prefix, layer_name, name_separator, numbered, readers
 
 
 @dataclass
@@ -21,9 +22,12 @@ class Member:
     role: str = "weight"  # or "statistic" (running mean/var) or "divisor" (1 is inert, not 0)
     producer: bool = False  # its slices make the channels (conv filters, projection columns)
     rank: int = 1
+    layer: str = ""  # the layer reading it, as a person calls it (spa.analyze.names)
 
     def to_json(self) -> dict:
         data = {"initializer": self.initializer, "axis": self.axis, "index": self.index}
+        if self.layer:
+            data["layer"] = self.layer
         if self.within is not None:
             data.update(within_axis=self.within_axis, within=self.within)
         data["role"] = self.role
@@ -44,10 +48,11 @@ class Group:
     of projection columns), "mlp" (neurons of a linear layer) or "hidden" (a linear layer's
     outputs of several layers, read by a normalization: the residual stream of a transformer)."""
     id: int
-    name: str  # the node whose output channels started the group
+    name: str  # the layer(s) making its channels, as a person calls them (spa.analyze.names)
     roots: list[int]  # channel i is the label class roots[i]
     ops: set[str] = field(default_factory=set)  # op types of the nodes making its channels
     makers: set[str] = field(default_factory=set)  # names of the nodes making its channels
+    order: list[str] = field(default_factory=list)  # the same, in graph order
     kind: str = "channels"
     head_dim: int = 0  # for heads: positions per head where the attention splits them
     members: list[Member] = field(default_factory=list)
@@ -60,6 +65,9 @@ class Group:
     # widest such axis one channel holds (1/size for a conv's channel, 1/heads for a head)
     touches: dict[str, float] = field(default_factory=dict)
     touch_ops: set[str] = field(default_factory=set)  # op types of those nodes
+    node: str = ""  # the node whose output channels started the group, as the file names it (--ignore)
+    layers: list[str] = field(default_factory=list)  # the layers making its channels, in graph order
+    block: str = ""  # the block it is in (`spa inspect` heads its rows with it)
 
     @property
     def size(self) -> int:
@@ -98,7 +106,8 @@ class Group:
         return not self.inexact_reasons
 
     def to_json(self) -> dict:
-        data = {"id": self.id, "name": self.name, "kind": self.kind, "size": self.size,
+        data = {"id": self.id, "name": self.name, "node": self.node, "block": self.block, "kind": self.kind,
+                "size": self.size,
                 "description": self.describe(), "prunable": self.prunable,
                 "reason": "; ".join(self.reasons) or None, "exact": self.exact,
                 "inexact_reason": "; ".join(self.inexact_reasons) or None,
@@ -111,23 +120,42 @@ class Group:
             data["shared"] = self.shared
         return data
 
-    def describe(self) -> str:
-        """What a person needs: how many of what, made by which weights, and which shared
-        weight couples layers into it."""
+    def describe(self, limit: int | None = None, named: bool = False) -> str:
+        """What a person needs: how many of what, made by which layers and read by which (at
+        most `limit` of each named), and which shared weight couples layers into it. `named`:
+        shown after the group's name, which says what one layer making it is already."""
         if not self.shared:
-            return self._what()
-        names = ", ".join(f"'{name}' ({count} readers)" for name, count in sorted(self.shared.items()))
-        return f"{self._what()}; coupled through shared {names}"
+            return self._what(limit, named)
+        names = ", ".join(self._shared(name, count, limit) for name, count in sorted(self.shared.items()))
+        return f"{self._what(limit, named)}; coupled through shared {names}"
 
-    def _what(self) -> str:
-        producers = self._producer_names()
-        consumers = sorted({m.initializer for m in self._consumers()})
+    def _shared(self, name: str, count: int, limit: int | None) -> str:
+        """A shared weight by its name, or where that is numbered by the layers reading it."""
+        layers = next((m.layer for m in self.members if m.initializer == name and m.layer), "")
+        if numbered(name) and layers:
+            return f"weight of {_listed(layers.split(', '), limit)}"
+        return f"'{name}' ({count} readers)"
+
+    def _what(self, limit: int | None, named: bool) -> str:
+        layers = self._producer_layers()
+        if named and layers == [self.name] and self.kind != "heads":
+            unit = {"channels": "channels", "mlp": "neurons", "hidden": "hidden units"}[self.kind]
+            return f"{self.size} {unit}; read by {self._consumer_list(limit) or '-'}"
+        producers = _listed(layers, limit)
+        consumers = self._consumer_list(limit)
         if self.kind != "heads":
             unit = {"channels": "channels", "mlp": "neurons", "hidden": "hidden units"}[self.kind]
-            return f"{self.size} {unit} made by {', '.join(producers)}; read by {', '.join(consumers) or '-'}"
+            return f"{self.size} {unit} made by {producers}; read by {consumers or '-'}"
         shared = f", each shared by {self.query_heads} query heads" if self.query_heads > 1 else ""
-        return (f"{self.size} heads x head_dim {self.head_dim}{shared}; projections {', '.join(producers)}; "
-                f"read by {', '.join(consumers)}")
+        return f"{self.size} heads x head_dim {self.head_dim}{shared}; projections {producers}; read by {consumers}"
+
+    def _consumer_list(self, limit: int | None) -> str:
+        return _listed(_unique(name for m in self._consumers()
+                               for name in (m.layer.split(", ") if m.layer else [m.initializer])), limit)
+
+    def _producer_layers(self) -> list[str]:
+        return self.layers or _unique(m.layer or m.initializer for m in self.members if m.producer) \
+            or sorted(self.makers)
 
     def _producer_names(self) -> list[str]:
         return sorted({m.initializer for m in self.members if m.producer}) or sorted(self.makers)
@@ -137,6 +165,20 @@ class Group:
         producers = set(self._producer_names())
         return [m for m in self.members if not m.producer and m.role == "weight" and m.rank > 1
                 and m.initializer not in producers]
+
+
+def _unique(names) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _listed(names: list[str], limit: int | None) -> str:
+    """Layers in a module written once: `layer2.{0.conv2, 1.conv2}` (at most `limit` named)."""
+    shown = names if limit is None or len(names) <= limit else names[:limit - 1]
+    more = f" and {len(names) - len(shown)} more" if len(shown) < len(names) else ""
+    prefix = common_prefix(names) if len(names) > 1 else ""
+    if prefix and all(len(name) > len(prefix) + 1 and not numbered(name) for name in names):
+        return prefix + name_separator(names[0], prefix) + "{" + ", ".join(n[len(prefix) + 1:] for n in shown) + more + "}"
+    return ", ".join(shown) + more
 
 
 def build_groups(state: AnalysisState) -> list[Group]:
@@ -150,7 +192,33 @@ def build_groups(state: AnalysisState) -> list[Group]:
     _add_kinds(state, groups)
     _add_shared(state, groups)
     _add_touches(state, channel_of)
+    _add_names(state, groups)
     return groups
+
+
+def _add_names(state: AnalysisState, groups: list[Group]) -> None:
+    """Names a person can use (spa.analyze.names): each member's reading layer, each group's
+    making layers, the group's name and its block. A group made by several layers is named by
+    the module they share, where that is more than the model itself (`layer2` for a ResNet
+    stage's residual stream, `...attention.self` for a head's q, k and v projections), else by
+    the first of them."""
+    nodes = {node.name or node.outputs[0].name: node for node in state.graph.nodes if node.outputs}
+    tensors = state.graph.tensors()
+    for group in groups:
+        for member in group.members:
+            constant = tensors.get(member.initializer)
+            found = readers(constant) if isinstance(constant, gs.Constant) else []
+            member.layer = ", ".join(_unique(layer_name(node, member.initializer) for node in found))
+        group.layers = _unique(layer_name(nodes[key]) for key in group.order if key in nodes) or sorted(group.makers)
+    every = [layer for group in groups for layer in group.layers]
+    root = common_prefix(every) if len(every) > 1 else ""
+    for group in groups:
+        prefix = common_prefix(group.layers) if len(group.layers) > 1 else ""
+        blocks = _unique("" if numbered(layer) else block_of(layer, root) for layer in group.layers)
+        named = len(prefix) > len(root) and not any(numbered(layer) for layer in group.layers) \
+            and (len(blocks) == 1 or group.kind == "hidden")  # not a stream two blocks pass on, by their parent
+        group.name = prefix if named else group.layers[0]
+        group.block = blocks[0] if len(blocks) == 1 else block_of(group.name, root)
 
 
 def _add_touches(state: AnalysisState, channel_of: dict) -> None:
@@ -226,9 +294,11 @@ def _channel_groups(state: AnalysisState) -> list[Group]:
         for root in roots.tolist():
             component = find(root)
             if component not in by_component:
-                by_component[component] = Group(id=len(by_component), name=name, roots=[])
+                by_component[component] = Group(id=len(by_component), name=name, roots=[], node=name)
             group = by_component[component]
             group.ops.add(op)
+            if name not in group.makers:
+                group.order.append(name)
             group.makers.add(name)
             if root not in seen:
                 seen.add(root)
