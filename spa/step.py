@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Analysis, Group, analyze
+from spa.analyze.names import layer_nodes
 from spa.analyze.prepare import prepare, reshare
 from spa.calibrate.layers import LinearLayer
 from spa.calibrate.batchnorm import folded_estimates
@@ -108,8 +109,8 @@ def analyze_loaded(loaded: Loaded, ignore: tuple[str, ...]) -> Analysis:
 def check_ignored(graph: gs.Graph, names: tuple[str, ...]) -> None:
     known = set(graph.tensors()) | {node.name for node in graph.nodes}
     for name in names:
-        if name not in known:
-            raise SpaError(f"--ignore {name}: no node or initializer of that name")
+        if name not in known and not layer_nodes(graph, name):
+            raise SpaError(f"--ignore {name}: no node, initializer, layer or module of that name (see spa inspect)")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -153,3 +153,19 @@ def test_a_stream_two_blocks_pass_on_is_named_by_its_first_layer():
     assert stream.layers == ["features.2.conv", "features.3.conv"]
     assert stream.name == "features.2.conv" and stream.block == "features.2"
     assert stream.describe() == "4 channels made by features.{2.conv, 3.conv}; read by classifier"
+
+
+def test_prune_ignores_a_layer_by_the_name_inspect_shows():
+    """`spa prune --ignore` takes the layer and module names of `spa inspect`, not only node
+    and initializer names; an unknown name is still one line."""
+    import pytest
+
+    import spa
+    from spa.errors import SpaError
+    model = MODELS / "resnet_basic.onnx"
+    name = next(g for g in spa.inspect(model).groups if g.prunable).name
+    result = spa.prune(model, 0.3, ignore=[name])
+    kept = next(g for g in result.report["groups"] if g["name"] == name)
+    assert kept["removed"] == [] and f"--ignore {name}" in (kept["reason"] or "")
+    with pytest.raises(SpaError, match="no node, initializer, layer or module"):
+        spa.prune(model, 0.3, ignore=["no.such.layer"])
