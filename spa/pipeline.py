@@ -83,11 +83,10 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     prunable = done.first.prunable_groups(plan.include_inexact, plan.targets)
     if outputs.model is not None and (outputs.write_unchanged or prunable):
         check = (lambda path: verify_pruned(reference, path, zeroed)) if verify else None
-        summary["max_output_difference"] = save_model(pruned, outputs.model, loaded.external, loaded.base_dir,
-                                                      check, protected)
+        summary.update(save_model(pruned, outputs.model, loaded.external, loaded.base_dir, check, protected) or {})
         result.written = outputs.model
     elif verify:
-        summary["max_output_difference"] = verify_pruned(reference, pruned, zeroed)
+        summary.update(verify_pruned(reference, pruned, zeroed))
     if outputs.report is not None:
         write_json(outputs.report, summary)
     return result

@@ -31,10 +31,26 @@ def prune_summary(report: dict) -> str:
         lines.append(f"{'latency':12}{latency['original_ms']:>12.3f}ms{'':>14}{latency['realized_ratio']:>14.3f}"
                      f"  (measured, {latency['threads']} thread(s); predicted {latency['predicted_ratio']:.3f})")
     lines.append(groups_line(report["groups"]))
+    if report.get("fidelity"):
+        lines.append(fidelity_line(report["fidelity"], report.get("calibration")))
     steps = report.get("steps") or []
     if len(steps) > 1:
         lines[-1] += f", in {len(steps)} steps"
     return "\n".join(lines)
+
+
+def fidelity_line(fidelity: dict, calibration: dict | None) -> str:
+    """One line: how close each float output stays to the original's, on what inputs."""
+    real = calibration is not None and calibration["source"] != "synthetic"
+    parts = []
+    for output in fidelity["outputs"][:3]:
+        cosine = "-" if output["cosine"] is None else f"{output['cosine']:.4f}"
+        top1 = "" if output["top1"] is None else f", top-1 agreement {100 * output['top1']:.1f}%"
+        parts.append(f"{output['name']}: cosine {cosine}{top1}")
+    more = f" (+{len(fidelity['outputs']) - 3} outputs)" if len(fidelity["outputs"]) > 3 else ""
+    inputs = "calibration" if real else "synthetic"
+    return f"fidelity on {fidelity['samples']} {inputs} sample(s): " + "; ".join(parts) + more + \
+        ("" if real else " (synthetic inputs say little of real accuracy: spa compare --calib DATA)")
 
 
 def groups_line(groups: list[dict]) -> str:
@@ -168,4 +184,4 @@ def build_report(analysis: Analysis, removed: dict[int, list[int]], scores: Scor
             "statistics": statistics_source(calibration, scores.statistics),
             "caution": data_caution(calibration, scores.statistics),
             "groups": groups, "before": summarize(original, feeds=feeds), "after": summarize(pruned, feeds=feeds),
-            "max_output_difference": None}
+            "max_output_difference": None, "fidelity": None}

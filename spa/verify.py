@@ -41,6 +41,7 @@ class Reference:
     feeds: dict[str, np.ndarray]
     outputs: list[np.ndarray]
     dense: WeightedSession | None = None
+    output_names: tuple[str, ...] = ()
 
 
 def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Reference:
@@ -52,9 +53,14 @@ def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Referenc
         with contextlib.suppress(SpaError):
             feeds, outputs = _first_run(original, calibration, seed,
                                         lambda feeds: dense.run(feeds, what="the input model"))
-            return Reference(feeds, outputs, dense)
+            return Reference(feeds, outputs, dense, _output_names(original))
     source = original.path if original.external else original.model
-    return Reference(*_first_run(original, calibration, seed, lambda feeds: run(source, feeds, "the input model")))
+    feeds, outputs = _first_run(original, calibration, seed, lambda feeds: run(source, feeds, "the input model"))
+    return Reference(feeds, outputs, None, _output_names(original))
+
+
+def _output_names(original: Loaded) -> tuple[str, ...]:
+    return tuple(output.name for output in original.model.graph.output)
 
 
 def _weighted_session(original: Loaded) -> WeightedSession | None:
@@ -178,9 +184,11 @@ def _with_weights(base: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
 
 
 def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path,
-                  zeroed: tuple[Zeroed, onnx.ModelProto] | None = None) -> float:
+                  zeroed: tuple[Zeroed, onnx.ModelProto] | None = None) -> dict:
     """Check `pruned` (in memory, or a written file with its external data) and return the
-    largest output difference to the original on the reference inputs. With `zeroed`
+    largest output difference to the original on the reference inputs
+    ("max_output_difference") and, per float output, how close it stays ("fidelity": cosine,
+    max abs error, top-1 agreement of classifier-like outputs; spa.compare). With `zeroed`
     (the zeroed full-size model and the pruned model in memory), the same run also makes
     the exactness check (verify_equivalent). Raises SpaError, naming it an internal error
     of spa, when the model is broken."""
@@ -194,8 +202,24 @@ def verify_pruned(reference: Reference, pruned: onnx.ModelProto | Path,
             raise SpaError(f"internal error: output shape changed from {want.shape} to {got.shape}")
     if zeroed is not None:
         verify_equivalent(*zeroed, reference.feeds, actual, reference.dense)
-    return max((_max_difference(w, g) for w, g in zip(reference.outputs, actual)
-                if np.issubdtype(w.dtype, np.number)), default=0.0)
+    largest = max((_max_difference(w, g) for w, g in zip(reference.outputs, actual)
+                   if np.issubdtype(w.dtype, np.number)), default=0.0)
+    return {"max_output_difference": largest, "fidelity": fidelity(reference, actual)}
+
+
+def fidelity(reference: Reference, actual: list[np.ndarray]) -> dict:
+    """How close the pruned model's float outputs stay to the original's on the reference
+    inputs (`samples` of them: the first calibration batch, or synthetic inputs)."""
+    from spa.compare import OutputStats  # spa.compare reads calibration sources, which read spa.io
+    outputs = []
+    for index, (want, got) in enumerate(zip(reference.outputs, actual)):
+        if np.issubdtype(want.dtype, np.floating):
+            stats = OutputStats(reference.output_names[index] if index < len(reference.output_names) else str(index))
+            stats.add(want, got, atol=0.0, rtol=0.0)
+            entry = stats.to_json()
+            outputs.append({key: entry[key] for key in ("name", "cosine", "max_abs", "top1")})
+    first = next(iter(reference.feeds.values()), np.zeros(0))
+    return {"samples": int(first.shape[0]) if first.ndim else 1, "outputs": outputs}
 
 
 def verify_equivalent(masked: Zeroed | onnx.ModelProto, pruned: onnx.ModelProto, feeds: dict[str, np.ndarray],

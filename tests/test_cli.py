@@ -176,3 +176,23 @@ def test_console_script_runs(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip() == "spa: error: no such file: missing.onnx"
+
+
+def test_prune_reports_fidelity_on_the_verification_samples(tmp_path, capsys):
+    """The report and the last summary line say how close each output stays to the
+    original on the inputs spa verified with (the first calibration batch here)."""
+    import numpy as np
+    model = Path(__file__).resolve().parent.parent / "models" / "trained" / "digits_resnet_bn.onnx"
+    data = np.load(model.with_name("digits_data.npz"))
+    np.savez(tmp_path / "calib.npz", input=data["calib_x"])
+    report_path = tmp_path / "report.json"
+    assert main(["prune", str(model), "--ratio", "0.3", "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "out.onnx"), "--report", str(report_path)]) == 0
+    fidelity = json.loads(report_path.read_text())["fidelity"]
+    assert fidelity["samples"] == 32 and [o["name"] for o in fidelity["outputs"]] == ["output"]
+    output = fidelity["outputs"][0]
+    assert 0 < output["cosine"] < 1 and 0 < output["top1"] <= 1 and output["max_abs"] > 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("fidelity on 32 calibration sample(s): output: cosine ")
+    import spa
+    assert spa.prune(model, 0.3, verify=False).report["fidelity"] is None
