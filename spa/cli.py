@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(16 with AVX-512) where a Conv reads or makes them, any width for MatMul")
     p.add_argument("--min-keep", type=_positive, default=1)
     p.add_argument("--report", type=Path, help="write a JSON report of what was removed")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors (the exit code and --report say the rest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=_kinds, default=DEFAULT_TARGETS, metavar="KINDS",
                    help=f"comma-separated kinds to prune, of {','.join(KINDS)} (default: {','.join(DEFAULT_TARGETS)})")
@@ -303,14 +304,15 @@ def _prune(args: argparse.Namespace) -> int:
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
                    batchnorm_stats=args.batchnorm_stats, folded_estimates=args.folded_estimates,
                    damping=args.damping, memory_budget=args.memory_budget, report=args.report)
+    say = (lambda text: None) if args.quiet else print
     if result.written is None:
-        print(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
-              "nothing written")
+        say(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
+            "nothing written")
         return 0
-    print(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
+    say(f"spa: pruned {args.model} -> {output} ({_how(args, result.report)})")
     if result.report["caution"]:
-        print(f"spa: note: {result.report['caution']}")
-    print(prune_summary(result.report))
+        say(f"spa: note: {result.report['caution']}")
+    say(prune_summary(result.report))
     return 0
 
 

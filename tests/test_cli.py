@@ -196,3 +196,11 @@ def test_prune_reports_fidelity_on_the_verification_samples(tmp_path, capsys):
     assert printed[-1].startswith("fidelity on 32 calibration sample(s): output: cosine ")
     import spa
     assert spa.prune(model, 0.3, verify=False).report["fidelity"] is None
+
+
+def test_quiet_prune_prints_nothing_but_writes_the_model(model, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert main(["prune", str(model), "--ratio", "0.4", "-o", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out == "" and out.exists()
+    assert main(["prune", str(tmp_path / "missing.onnx"), "--ratio", "0.4", "--quiet"]) == 1
+    assert "missing.onnx" in capsys.readouterr().err
