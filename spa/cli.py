@@ -1,4 +1,4 @@
-"""The `spa` command: prune, inspect, bench, compare. Errors are one line and a non-zero exit."""
+"""The `spa` command: prune, inspect, bench, compare, sweep. Errors are one line and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +65,22 @@ def _positive(text: str) -> int:
 
 def _round_to(text: str) -> str:
     return text if text == "auto" else str(_positive(text))
+
+
+def _ratios(text: str) -> list[float]:
+    from spa.sweep import parse_ratios
+    try:
+        return parse_ratios(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _criteria(text: str) -> list[str]:
+    from spa.sweep import parse_criteria
+    try:
+        return parse_criteria(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL, help="pass: |A-B| <= atol + rtol*|A| everywhere")
     c.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL)
     c.add_argument("--json", action="store_true")
+
+    from spa.sweep import LATENCY_RUNS
+    s = commands.add_parser("sweep", help="prune at many (criterion, ratio) settings; fidelity, cost and latency of each")
+    s.add_argument("model", type=Path)
+    s.add_argument("--ratios", type=_ratios, default="0.1:0.7:0.1", metavar="A:B:STEP|R,R,...",
+                   help="ratios from A to B (inclusive) in steps of STEP, or a list (default: 0.1:0.7:0.1)")
+    s.add_argument("--criteria", type=_criteria, default=DEFAULT_CRITERION, metavar="C,C,...",
+                   help=f"comma-separated criteria, of {','.join(CRITERIA)} (default: {DEFAULT_CRITERION})")
+    s.add_argument("--calib", type=Path, metavar="DATA", help="calibration data for pruning and for fidelity "
+                   "(default: synthetic inputs)")
+    s.add_argument("--out", type=Path, metavar="DIR", help="where sweep.csv/json/png/html go (default: IN_STEM.sweep/)")
+    s.add_argument("--workers", type=_positive, default=1, help="settings run in a pool of N processes")
+    s.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="called with each pruned model's path; returns a number, higher is better")
+    s.add_argument("--runs", type=_positive, default=LATENCY_RUNS, help="interleaved onnxruntime runs per latency ratio")
+    s.add_argument("--threads", type=_positive, default=1, help="onnxruntime threads latency is measured at")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="print sweep.json's document instead of the table")
     return parser
 
 
@@ -167,7 +201,8 @@ def _run(argv: list[str] | None, stderr, interrupted: list[bool]) -> int:
     try:
         with _terminate_as_exit():
             args = build_parser().parse_args(argv)
-            return {"prune": _prune, "inspect": _inspect, "bench": _bench, "compare": _compare}[args.command](args)
+            return {"prune": _prune, "inspect": _inspect, "bench": _bench, "compare": _compare,
+                    "sweep": _sweep}[args.command](args)
     except SpaError as error:
         _say(stderr, f"spa: error: {error}")
         return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
@@ -370,6 +405,45 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(args.model_a, args.model_b, calib=args.calib, samples=args.samples, atol=args.atol, rtol=args.rtol)
     print(json.dumps(result, indent=2) if args.json else format_compare(result))
     return 0 if result["passed"] else EXIT_DIFFER
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from spa import sweep
+    from spa.io.load import load_model
+    load_model(args.model)  # a bad model is one error, not one per setting
+    if args.metric is not None:
+        sweep.load_metric(args.metric)
+    out = args.out or default_sweep_folder(args.model)
+    calib = None if args.calib is None else str(args.calib)
+    jobs = [sweep.Job(str(args.model), setting, calib, args.metric, args.runs, args.threads, args.seed)
+            for setting in sweep.settings(args.criteria, args.ratios)]
+    quiet = args.json
+    done = []
+
+    def progress(row: dict) -> None:
+        done.append(row)
+        if not quiet:
+            state = f"error: {row['error']}" if row["error"] else f"{row['seconds']:.1f} s"
+            print(f"spa: [{len(done)}/{len(jobs)}] {row['criterion']} {row['ratio']:g}: {state}", flush=True)
+    rows = sweep.run_sweep(jobs, workers=args.workers, on_row=progress)
+    use_metric = args.metric is not None
+    fronts = sweep.mark_pareto(rows, use_metric)
+    document = sweep.sweep_document(str(args.model), rows, fronts, use_metric, args.metric, calib, args.runs,
+                                    args.threads)
+    written = sweep.write_outputs(document, out, use_metric, args.metric)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(sweep.format_table(rows, use_metric))
+    if not sweep.has_matplotlib():
+        print("spa: matplotlib is not installed (pip install 'spa-prune[plot]'): no sweep.png or sweep.html")
+    print(f"spa: wrote {', '.join(str(p) for p in written)}")
+    return 0 if all(row["error"] is None for row in rows) else EXIT_ERROR
+
+
+def default_sweep_folder(model: Path) -> Path:
+    named = model if model.name not in ("", ".", "..") else model.resolve()
+    return named.with_name(f"{named.stem}.sweep")
 
 
 if __name__ == "__main__":
