@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: synthetic inputs)")
     s.add_argument("--out", type=Path, metavar="DIR", help="where sweep.csv/json/png/html go (default: IN_STEM.sweep/)")
     s.add_argument("--workers", type=_positive, default=1, help="settings run in a pool of N processes")
+    s.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: a process pool; ray: one Ray task per setting (pip install 'spa-prune[ray]')")
+    s.add_argument("--ray-address", metavar="ADDR", help="with --executor ray: the cluster to join (default: a local one)")
     s.add_argument("--metric", metavar="MODULE:FUNCTION",
                    help="called with each pruned model's path; returns a number, higher is better")
     s.add_argument("--runs", type=_positive, default=LATENCY_RUNS, help="interleaved onnxruntime runs per latency ratio")
@@ -425,7 +428,8 @@ def _sweep(args: argparse.Namespace) -> int:
         if not quiet:
             state = f"error: {row['error']}" if row["error"] else f"{row['seconds']:.1f} s"
             print(f"spa: [{len(done)}/{len(jobs)}] {row['criterion']} {row['ratio']:g}: {state}", flush=True)
-    rows = sweep.run_sweep(jobs, workers=args.workers, on_row=progress)
+    rows = sweep.run_sweep(jobs, workers=args.workers, on_row=progress, executor=args.executor,
+                           address=args.ray_address)
     use_metric = args.metric is not None
     fronts = sweep.mark_pareto(rows, use_metric)
     document = sweep.sweep_document(str(args.model), rows, fronts, use_metric, args.metric, calib, args.runs,

@@ -165,9 +165,16 @@ def _ratio(after, before) -> float | None:
     return after / before if after is not None and before else None
 
 
-def run_sweep(jobs: Sequence[Job], workers: int = 1, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+EXECUTORS = ("local", "ray")
+
+
+def run_sweep(jobs: Sequence[Job], workers: int = 1, on_row: Callable[[dict], None] | None = None,
+              executor: str = "local", address: str | None = None) -> list[dict]:
     """One row per job, in the jobs' order; `on_row` is called as each finishes. More than one
-    worker: a process pool (spawned, so no onnxruntime state is forked)."""
+    worker: a process pool (spawned, so no onnxruntime state is forked). `executor` "ray":
+    each job is a Ray task, on the cluster at `address` (default: a local Ray instance)."""
+    if executor == "ray":
+        return _run_on_ray(jobs, on_row, address)
     if workers <= 1 or len(jobs) <= 1:
         rows = []
         for job in jobs:
@@ -188,6 +195,28 @@ def run_sweep(jobs: Sequence[Job], workers: int = 1, on_row: Callable[[dict], No
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return rows
+
+
+def _run_on_ray(jobs: Sequence[Job], on_row: Callable[[dict], None] | None, address: str | None) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise SpaError("--executor ray needs Ray: pip install 'spa-prune[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(run_setting)
+        pending = [task.remote(job) for job in jobs]
+        rows = []
+        for ref in pending:  # in the jobs' order, as the local pool
+            rows.append(ray.get(ref))
+            if on_row:
+                on_row(rows[-1])
+        return rows
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:

@@ -44,6 +44,20 @@ def test_two_workers_give_the_same_rows(rows):
     assert strip(pooled) == strip(rows)
 
 
+def test_ray_tasks_give_the_same_rows_as_the_local_pool(rows):
+    """A local Ray instance runs each setting as a task; the rows are the local ones."""
+    pytest.importorskip("ray")
+    on_ray = run_sweep(_jobs(), executor="ray")
+    assert len(on_ray) == len(rows)
+    for remote, local in zip(on_ray, rows):  # Ray workers run BLAS on one thread: floats may differ in rounding
+        assert remote.keys() == local.keys()
+        for key in remote.keys() - TIMINGS:
+            if isinstance(local[key], float):
+                assert remote[key] == pytest.approx(local[key], rel=1e-3, abs=1e-6), key
+            else:
+                assert remote[key] == local[key], key
+
+
 def test_pareto_front_on_a_hand_made_list():
     points = [(1.0, 1.0), (0.8, 0.99), (0.8, 0.95), (0.6, 0.99), (0.5, 0.7), (0.5, 0.7), (0.9, 0.5),
               (None, 1.0), (0.1, None), (0.55, float("nan"))]
