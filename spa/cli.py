@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-keep", type=_positive, default=1)
     p.add_argument("--report", type=Path, help="write a JSON report of what was removed")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors (the exit code and --report say the rest)")
+    p.add_argument("--json", action="store_true", help="print the JSON report (as --report writes it) instead of the summary")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", type=_kinds, default=DEFAULT_TARGETS, metavar="KINDS",
                    help=f"comma-separated kinds to prune, of {','.join(KINDS)} (default: {','.join(DEFAULT_TARGETS)})")
@@ -342,7 +343,9 @@ def _prune(args: argparse.Namespace) -> int:
                    calib=args.calib, calib_samples=args.calib_samples, correct_stats=args.correct_stats,
                    batchnorm_stats=args.batchnorm_stats, folded_estimates=args.folded_estimates,
                    damping=args.damping, memory_budget=args.memory_budget, report=args.report)
-    say = (lambda text: None) if args.quiet else print
+    say = (lambda text: None) if args.quiet or args.json else print
+    if args.json and not args.quiet:
+        print(json.dumps(result.report, indent=2))
     if result.written is None:
         say(f"spa: nothing to prune in {args.model}: {nothing_reason(result)} (see `spa inspect {args.model}`); "
             "nothing written")

@@ -204,3 +204,11 @@ def test_quiet_prune_prints_nothing_but_writes_the_model(model, tmp_path, capsys
     assert capsys.readouterr().out == "" and out.exists()
     assert main(["prune", str(tmp_path / "missing.onnx"), "--ratio", "0.4", "--quiet"]) == 1
     assert "missing.onnx" in capsys.readouterr().err
+
+
+def test_prune_json_prints_the_report(model, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    assert main(["prune", str(model), "--ratio", "0.4", "-o", str(tmp_path / "out.onnx"), "--json",
+                 "--report", str(report_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(report_path.read_text()) and printed["after"]["params"] < printed["before"]["params"]
