@@ -78,6 +78,14 @@ def folded_estimates(graph: gs.Graph, batch: int) -> dict[str, tuple[np.ndarray,
     return estimates
 
 
+def calibration_estimates(graph: gs.Graph, calibration, batch: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The folded estimates a calibration pass uses: none unless `calibration.estimate_folded`;
+    those taken before pruning (`calibration.folded`) where they were, else `graph`'s."""
+    if not calibration.estimate_folded:
+        return {}
+    return calibration.folded if calibration.folded is not None else folded_estimates(graph, batch)
+
+
 def _spatial_size(shape, rank: int) -> int:
     dims = list(shape[2:]) if shape is not None and len(shape) == rank else [None] * (rank - 2)
     return math.prod(d if isinstance(d, int) else MIN_VALUES for d in dims)  # an open dim: assume enough

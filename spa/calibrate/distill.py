@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from spa.io.inputs import input_specs
+from spa.io.inputs import constant_tensors, input_specs
 from spa.io.runtime import session
 
 SLOPES = tuple(np.arange(0.0, 5.01, 0.5))
@@ -84,7 +84,8 @@ def image_recipe(model: onnx.ModelProto, seed: int = 0) -> ImageRecipe | None:
     spec = specs[0]
     if not all(isinstance(d, int) for d in spec.shape[1:]) or min(spec.shape[2:]) < MIN_SIZE:
         return None
-    norm = _first_batchnorm(model, spec.name)
+    constants = constant_tensors(model)
+    norm = _first_batchnorm(model, spec.name, constants)
     if norm is None:
         return None
     try:
@@ -92,7 +93,7 @@ def image_recipe(model: onnx.ModelProto, seed: int = 0) -> ImageRecipe | None:
         samples = int(np.clip(FIT_PIXELS // (spec.shape[2] * spec.shape[3]), 2, FIT_SAMPLES))
         batch = spec.shape[0] if isinstance(spec.shape[0], int) else samples  # a static batch is run as it is
         samples += -samples % batch
-        return _fit(stem, spec.name, norm, _constants(model), [samples, *spec.shape[1:]], batch, seed)
+        return _fit(stem, spec.name, norm, constants, [samples, *spec.shape[1:]], batch, seed)
     except Exception:  # noqa: BLE001 - a stem onnxruntime cannot run alone (external data, ...): no recipe
         return None
 
@@ -121,10 +122,10 @@ def _stem_model(model: onnx.ModelProto, image: str, output: str) -> onnx.ModelPr
     return stem
 
 
-def _first_batchnorm(model: onnx.ModelProto, image: str) -> onnx.NodeProto | None:
+def _first_batchnorm(model: onnx.ModelProto, image: str,
+                     constants: dict[str, onnx.TensorProto]) -> onnx.NodeProto | None:
     """The first BatchNormalization computed from `image` with no other before it, if its
-    statistics are constants."""
-    constants = _constants(model)
+    statistics are `constants`."""
     reached, normalized = {image}, set()
     for node in model.graph.node:  # ONNX lists nodes in topological order
         if not any(name in reached for name in node.input):
@@ -137,15 +138,6 @@ def _first_batchnorm(model: onnx.ModelProto, image: str) -> onnx.NodeProto | Non
         if node.op_type == "BatchNormalization" or any(name in normalized for name in node.input):
             normalized.update(node.output)
     return None
-
-
-def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers and Constant node values, by name."""
-    found = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            found[node.output[0]] = node.attribute[0].t
-    return found
 
 
 def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.TensorProto], shape: list[int],

@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 from onnx.external_data_helper import uses_external_data
 
 from spa.analyze.registry import outer_names
-from spa.calibrate.batchnorm import (folded_estimates, folded_targets, raw_output, renormalize_in_model,
+from spa.calibrate.batchnorm import (calibration_estimates, folded_targets, raw_output, renormalize_in_model,
                                     renormalized_norms)
 from spa.calibrate.sources import Calibration
 from spa.errors import SpaError, first_line
@@ -71,8 +71,7 @@ class Frontier:
         if calibration.batchnorm:
             batch = calibration.smallest_batch(BATCH_SIZE)
             self.renormalized = {id(node) for node in renormalized_norms(graph, batch)}
-            if calibration.estimate_folded:
-                self.folded = calibration.folded if calibration.folded is not None else folded_estimates(graph, batch)
+            self.folded = calibration_estimates(graph, calibration, batch)
             for name in self.folded:  # a folded Conv's output is measured before renormalization
                 if name in self.producer:
                     self.producer[raw_output(name)] = self.producer[name]

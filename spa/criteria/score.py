@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
 from spa.calibrate.collect import Hessian, Moments
-from spa.calibrate.batchnorm import folded_estimates, reached_by, renormalized_norms
+from spa.calibrate.batchnorm import calibration_estimates, reached_by, renormalized_norms
 from spa.calibrate.frontier import BATCH_SIZE, DEFAULT_BUDGET, Frontier
 from spa.calibrate.layers import LinearLayer, consumer_layers, in_graph_order
 from spa.calibrate.sources import Calibration
@@ -135,7 +135,7 @@ def group_statistics(graph: gs.Graph, groups: list[Group], calibration: Calibrat
     if calibration.batchnorm:
         batch = calibration.smallest_batch(BATCH_SIZE)
         norms = renormalized_norms(graph, batch)
-        estimates = folded_estimates(graph, batch) if calibration.estimate_folded else {}
+        estimates = calibration_estimates(graph, calibration, batch)
         folded = [node for node in graph.nodes if node.op == "Conv" and node.outputs[0].name in estimates]
     from_norms, from_either = reached_by(norms), reached_by(norms + folded)
     labels = {}

@@ -66,6 +66,15 @@ def concrete_shape(shape: list[Dim], dim_values: dict[str, int] | None = None, d
 
 # --- what the graph implies ----------------------------------------------------------------
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The main graph's initializers and Constant node values, by name."""
+    found = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            found[node.output[0]] = node.attribute[0].t
+    return found
+
+
 class _Graph:
     """Readers of every tensor, and initializer shapes and small values."""
 
@@ -74,10 +83,7 @@ class _Graph:
         for node in model.graph.node:
             for name in node.input:
                 self.readers.setdefault(name, []).append(node)
-        self.shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-        for node in model.graph.node:
-            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.shapes[node.output[0]] = list(node.attribute[0].t.dims)
+        self.shapes = {name: list(tensor.dims) for name, tensor in constant_tensors(model).items()}
 
 
 def implied_dims(model: onnx.ModelProto) -> dict[tuple[str, int], int]:
