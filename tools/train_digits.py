@@ -303,12 +303,17 @@ def seed_everything() -> None:
     np.random.seed(SEED)
 
 
-def main() -> None:
+def quiet_deterministic_torch() -> None:
+    """Exporter warnings off, THREADS threads, deterministic kernels, and OUT_DIR ready."""
     warnings.filterwarnings("ignore")
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def main() -> None:
+    quiet_deterministic_torch()
     raw = split_digits()
     datasets = {"cnn": normalised(raw, upsample), "tokens": normalised(raw, to_tokens)}
     save_npz(OUT_DIR / "digits_data.npz", {

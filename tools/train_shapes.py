@@ -20,9 +20,7 @@ antialiased from the exact distance to the shape's outline, and pixels are quant
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +30,12 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from export_fixtures import conv_bn  # tools/ is on sys.path when run as a script
-from train_digits import (BasicBlock, Classifier, Recipe, Split, check, export, ort_accuracy, save_npz,
-                          seed_everything, torch_accuracy, train)
+from train_digits import (BasicBlock, Classifier, Recipe, Split, check, export, ort_accuracy,
+                          quiet_deterministic_torch, save_npz, seed_everything, torch_accuracy, train)
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "models" / "trained"
 NAME = "shapes_resnet_bn"
 SEED = 0
-THREADS = 2
 SIZE = 32
 N_TRAIN, N_CALIB, N_TEST = 4000, 200, 400
 CLASSES = ("ring", "disk", "square", "triangle", "plus", "x", "diamond", "hbar", "vbar", "star")
@@ -170,11 +167,7 @@ RECIPE = Recipe(shapes_resnet, "cnn", epochs=8, lr=3e-3, weight_decay=1e-4)
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    torch.set_num_threads(THREADS)
-    torch.use_deterministic_algorithms(True)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    quiet_deterministic_torch()
     start = time.perf_counter()
     raw = split_shapes()
     data = normalised(raw)
