@@ -314,9 +314,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     (an op it does not know), onnx's own inference with data propagation is used. Shapes
     that stay unknown make the analysis keep the channels involved whole.
 
-    (onnx's inference first, where it alone gives static shapes, would skip the slow sympy
-    import; but on a jax2onnx ResNet its shapes left a stale value_info after the rewrite,
-    so the symbolic one stays first.)"""
+    Where onnx's inference alone, from the inputs and weights, gives every computed tensor
+    a static shape, that is all there is to know, and the symbolic inference (and the
+    sympy it imports, half a second) is skipped. It starts without the exporter's
+    value_info: onnx's inference keeps those entries as written, and a jax2onnx ResNet's
+    went stale after the rewrite."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(model)
+    del fresh.graph.value_info[:]
+    inferred = _onnx_shapes(fresh)
+    if inferred is not None and _all_static(inferred):
+        return inferred
     return _symbolic_shapes(model) or _onnx_shapes(model) or model
 
 
@@ -325,6 +333,13 @@ def _onnx_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - unknown shapes are kept whole
         return None
+
+
+def _all_static(model: onnx.ModelProto) -> bool:
+    """Does every tensor the main graph computes have a static shape?"""
+    described = {value.name: value for value in list(model.graph.value_info) + list(model.graph.output)}
+    made = [name for node in model.graph.node for name in node.output if name]
+    return all(name in described and _static_value(described[name]) for name in made)
 
 
 def measure_open_shapes(model: onnx.ModelProto, full: onnx.ModelProto) -> onnx.ModelProto:
