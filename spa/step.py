@@ -52,7 +52,7 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version, budget)
     if corrected:
         correct_statistics(graph, corrected, reference, _removed_outputs(analysis, removed, corrected),
-                           calibration, ir_version, budget)
+                           calibration, ir_version, budget, _removed_positions(analysis, removed))
     exact = all(g.exact for g in scored if removed.get(g.id))
     masked = zeroed_model(graph, loaded.model) if verify and exact and not loaded.external and removed else None
     rewrite(analysis, removed)
@@ -91,12 +91,18 @@ def _corrected_layers(graph: gs.Graph, groups: list[Group], counts: dict[int, in
 def _removed_outputs(analysis: Analysis, removed: dict[int, list[int]],
                      layers: list[LinearLayer]) -> dict[str, set[int]]:
     """Per layer: output positions removed by the groups its weight makes."""
+    positions = _removed_positions(analysis, removed)
+    return {layer.node.name: positions.get((layer.weight.name, layer.weight_output_axis), set())
+            for layer in layers}
+
+
+def _removed_positions(analysis: Analysis, removed: dict[int, list[int]]) -> dict[tuple[str, int], set[int]]:
+    """Every removed position, by (initializer, axis)."""
     positions: dict[tuple[str, int], set[int]] = {}
     groups = {g.id: g for g in analysis.groups}
     for gid, channels in removed.items():
         mark_removed(positions, groups[gid], channels)
-    return {layer.node.name: positions.get((layer.weight.name, layer.weight_output_axis), set())
-            for layer in layers}
+    return positions
 
 
 def analyze_loaded(loaded: Loaded, ignore: tuple[str, ...]) -> Analysis:

@@ -16,6 +16,7 @@ import spa
 import spa.api
 import spa.calibrate.frontier as frontier_module
 from spa.calibrate.frontier import Frontier
+from spa.calibrate.layernorm import mask_in_model, norm_masks
 from spa.calibrate.sources import Calibration
 from spa.io.runtime import session
 
@@ -24,10 +25,13 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 class WholeGraphRuns:
     """The per-group path: every measurement exports the whole graph with the requested
-    tensors as outputs and runs every calibration batch through it."""
+    tensors as outputs and runs every calibration batch through it (LayerNormalizations
+    over removed units normalizing the kept ones, as in the frontier's segments)."""
 
-    def __init__(self, graph: gs.Graph, calibration: Calibration, ir_version: int, written=(), budget=0) -> None:
+    def __init__(self, graph: gs.Graph, calibration: Calibration, ir_version: int, written=(), budget=0,
+                 removed=None) -> None:
         self.graph, self.calibration, self.ir_version = graph, calibration, ir_version
+        self.removed = removed if removed is not None else {}
 
     def __enter__(self):
         return self
@@ -51,6 +55,7 @@ class WholeGraphRuns:
             value.type.tensor_type.ClearField("shape")
             value.type.tensor_type.elem_type = value.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
         model.ir_version = self.ir_version
+        mask_in_model(model, norm_masks(self.graph.nodes, self.removed))
         runner = session(model)
         for feeds in self.calibration.batches(frontier_module.BATCH_SIZE):
             for name, value in zip(names, runner.run(names, feeds)):

@@ -32,6 +32,7 @@ from onnx.external_data_helper import uses_external_data
 from spa.analyze.registry import outer_names
 from spa.calibrate.batchnorm import (calibration_estimates, folded_targets, raw_output, renormalize_in_model,
                                     renormalized_norms)
+from spa.calibrate.layernorm import mask_in_model, norm_masks
 from spa.calibrate.sources import Calibration
 from spa.errors import SpaError, first_line
 from spa.io.load import read_values
@@ -45,11 +46,15 @@ BATCH_SIZE = 16  # samples per run of a segment (a static batch dim overrides it
 class Frontier:
     """Measure tensors for tasks 0, 1, ... in order; `written[t]` names the initializers
     task t changes. Call `done_with(t)` after task t changed them; use as a context
-    manager so spilled files are removed."""
+    manager so spilled files are removed. `removed` ((initializer, axis) -> positions, read
+    at each segment) says which units hidden groups removed: LayerNormalizations over them
+    normalize over the kept units (spa.calibrate.layernorm)."""
 
     def __init__(self, graph: gs.Graph, calibration: Calibration, ir_version: int,
-                 written: list[Iterable[str]] = (), budget: int = DEFAULT_BUDGET) -> None:
+                 written: list[Iterable[str]] = (), budget: int = DEFAULT_BUDGET,
+                 removed: dict[tuple[str, int], set[int]] | None = None) -> None:
         self.graph = graph
+        self.removed = removed if removed is not None else {}
         self.tensors = graph.tensors()
         self.ir_version = ir_version
         self.nodes = _topological(graph.nodes)  # an optimizer's output may list a node before its inputs
@@ -146,6 +151,7 @@ class Frontier:
         folded = {node.outputs[0].name: folded_targets(node, self.folded[node.outputs[0].name])
                   for node in nodes if node.op == "Conv" and node.outputs[0].name in self.folded}
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
+        mask_in_model(model, norm_masks(nodes, self.removed))
         weights = _external_weights_as_inputs(model, self.tensors)
         runner = session(model)
         del model

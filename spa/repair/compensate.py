@@ -37,7 +37,7 @@ def prune_in_order(graph: gs.Graph, groups: list[Group], counts: dict[int, int],
     layers = {group.id: measurable_layers(graph, group)[0] for group in order}
     written = [_weights_written(group, layers[group.id]) for group in order]
     gone: dict[tuple[str, int], set[int]] = {}  # (initializer, axis) -> positions already removed
-    with Frontier(graph, calibration, ir_version, written, budget) as frontier:
+    with Frontier(graph, calibration, ir_version, written, budget, removed=gone) as frontier:
         def picks():
             for task, group in enumerate(progress(order, f"{scoring.criterion}: pruning groups")):
                 channels, scores.values[group.id] = _pick_with_data(frontier, group, layers[group.id],

@@ -38,11 +38,13 @@ def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Cali
 
 def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: dict[str, Moments],
                        removed_outputs: dict[str, set[int]], calibration: Calibration, ir_version: int,
-                       budget: int = DEFAULT_BUDGET) -> None:
-    """Restore every layer's kept output channels' moments."""
+                       budget: int = DEFAULT_BUDGET, removed: dict[tuple[str, int], set[int]] | None = None) -> None:
+    """Restore every layer's kept output channels' moments, measured on the pruned graph
+    (`removed`: every removed position, by (initializer, axis), so LayerNormalizations over
+    units a hidden group removed normalize over the kept ones, as the pruned model will)."""
     ordered = in_graph_order(graph, layers)
     written = [_weights_written(layer) for layer in ordered]
-    with Frontier(graph, calibration, ir_version, written, budget) as frontier:
+    with Frontier(graph, calibration, ir_version, written, budget, removed) as frontier:
         for task, layer in enumerate(progress(ordered, "statistics correction")):
             now = Moments(layer.channel_axis)
             frontier.measure({layer.output.name: [now]})
