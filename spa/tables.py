@@ -32,7 +32,8 @@ def right(header: str) -> Column:
 def render(columns: Sequence[Column], rows: Sequence[Row], title: str | None = None,
            terminal: bool | None = None) -> str:
     """The table as text to print: drawn by rich if `terminal` (default: stdout is a terminal),
-    else plain. A row shorter than the header has its last cell run on past the columns."""
+    else plain. A row shorter than the header has its last cell run on past the columns
+    (plain text; on a terminal the missing cells are empty)."""
     if terminal is None:
         terminal = stdout_is_terminal()
     return _rich(columns, rows, title) if terminal else _plain(columns, rows)
@@ -47,6 +48,7 @@ def stdout_is_terminal() -> bool:
 
 def _plain(columns: Sequence[Column], rows: Sequence[Row]) -> str:
     header = tuple(column.header for column in columns)
+    # a shorter row (a sweep's error message) is left out of the widths: its last cell runs on
     full = [header] + [row for row in rows if not isinstance(row, Heading) and len(row) == len(columns)]
     widths = [max(len(row[k]) for row in full) for k in range(len(columns))]
     lines = []
@@ -56,8 +58,6 @@ def _plain(columns: Sequence[Column], rows: Sequence[Row]) -> str:
             continue
         cells = [cell.rjust(width) if column.right else cell.ljust(width)
                  for cell, width, column in zip(row, widths, columns)]
-        if len(row) < len(columns):  # a sweep's error message: as long as it is, not in any column
-            cells[-1] = row[-1]
         lines.append(SEPARATOR.join(cells).rstrip())
     return "\n".join(lines)
 
