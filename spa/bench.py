@@ -16,6 +16,7 @@ from spa.io.inputs import make_inputs
 from spa.io.load import load_model
 from spa.latency import LatencyModel, profile
 from spa.metrics import summarize
+from spa.tables import Column, render, right
 from spa.io.runtime import session
 
 ModelLike = onnx.ModelProto | str | os.PathLike
@@ -139,16 +140,12 @@ def format_bench(result: dict) -> str:
         ("MACs", "macs", ""),
         ("size bytes", "size_bytes", ""),
     ]
-    table = [("", "before", "after", "after/before")]
+    table = []
     for label, key, unit in rows:
         ratio = _ratio(b[key], a[key])
-        before, after = _format_value(a[key], unit), _format_value(b[key], unit)
-        table.append((label, before, after, _format_value(ratio, "x")))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    lines = [
-        "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
-        for row in table
-    ]
+        table.append((label, _format_value(a[key], unit), _format_value(b[key], unit), _format_value(ratio, "x")))
+    columns = [Column(""), right("before"), right("after"), right("after/before")]
+    lines = [render(columns, table, title="latency and cost")]
     lines.append(
         f"speedup {_format_value(result['speedup'], 'x')} "
         f"(MACs promise {_format_value(result['promised_speedup'], 'x')}), "
@@ -181,8 +178,7 @@ def per_node(model_a: ModelLike, model_b: ModelLike, threads: int = 1, seed: int
 
 def format_per_node(result: dict, top: int = 15) -> str:
     """The `top` slowest nodes of A, then the other nodes, untraced kernels, overhead and the total."""
-    header = ("node", "op", "before ms", "after ms", "predicted ms")
-    table = [header]
+    table = []
     for row in result["nodes"][:top]:
         name = row["node"] if len(row["node"]) <= 48 else "..." + row["node"][-45:]
         table.append((name, row["op"], *(f"{row[k]:.3f}" for k in ("before_ms", "after_ms", "predicted_ms"))))
@@ -196,9 +192,8 @@ def format_per_node(result: dict, top: int = 15) -> str:
     table.append(("between kernels", "", f"{overhead['before']:.3f}", f"{overhead['after']:.3f}",
                   f"{overhead['before']:.3f}"))
     table.append(("wall time per run", "", f"{wall['before']:.3f}", f"{wall['after']:.3f}", f"{wall['predicted']:.3f}"))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-                       + [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]) for row in table]
+    columns = [Column("node"), Column("op"), right("before ms"), right("after ms"), right("predicted ms")]
+    lines = [render(columns, table, title="time per node")]
     lines.append(f"onnxruntime profile, {result['threads']} thread(s); after/before {wall['after'] / wall['before']:.3f}, "
                  f"predicted {wall['predicted'] / wall['before']:.3f}")
     return "\n".join(lines)

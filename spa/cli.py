@@ -390,7 +390,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from spa.api import inspect
     from spa.report import inspect_table
     analysis = inspect(args.model, args.ignore)
-    print(json.dumps(analysis.to_json()) if args.json else inspect_table(analysis))
+    print(json.dumps(analysis.to_json()) if args.json else inspect_table(analysis, title=str(args.model)))
     return 0
 
 

@@ -17,6 +17,7 @@ from spa.errors import SpaError, first_line
 from spa.io.inputs import InputSpec, input_specs
 from spa.io.load import load_model
 from spa.io.runtime import session
+from spa.tables import Column, render, right
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 DEFAULT_ATOL = 1e-5  # polygraphy's defaults
@@ -153,19 +154,19 @@ def _number(value: float | None, spec: str) -> str:
 
 def format_compare(result: dict) -> str:
     """A table, one row per output, and a verdict line."""
-    header = ("output", "shape", "max abs", "max rel", "cosine", "top-1", "failing", "result")
-    rows = [header] + [(o["name"], str(o["shape"]), _number(o["max_abs"], ".3g"), _number(o["max_rel"], ".3g"),
-                        "-" if o["cosine"] is None else f"{o['cosine']:.6f}",
-                        "-" if o["top1"] is None else f"{100 * o['top1']:.1f}%",
-                        f"{o['failing']} of {o['elements']}", "pass" if o["passed"] else "FAIL")
-                       for o in result["outputs"]]
-    widths = [max(len(row[k]) for row in rows) for k in range(len(header))]
-    table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    rows = [(o["name"], str(o["shape"]), _number(o["max_abs"], ".3g"), _number(o["max_rel"], ".3g"),
+             "-" if o["cosine"] is None else f"{o['cosine']:.6f}",
+             "-" if o["top1"] is None else f"{100 * o['top1']:.1f}%",
+             f"{o['failing']} of {o['elements']}", "pass" if o["passed"] else "FAIL")
+            for o in result["outputs"]]
+    columns = [Column("output"), Column("shape"), right("max abs"), right("max rel"), right("cosine"), right("top-1"),
+               right("failing"), Column("result")]
+    table = render(columns, rows, title="B against A")
     failed = sum(not o["passed"] for o in result["outputs"])
     tolerance = f"|A-B| <= {result['atol']:g} + {result['rtol']:g}*|A|"
     verdict = (f"FAIL: {failed} of {len(result['outputs'])} outputs differ past {tolerance}" if failed
                else f"pass: every output within {tolerance}")
     source = "synthetic samples" if result["inputs"] == "synthetic" else f"calibration samples from {result['inputs']}"
     lines = [f"A (reference): {result['a']}", f"B: {result['b']}", f"inputs: {result['samples']} {source}",
-             "", *table, "", verdict]
+             "", table, "", verdict]
     return "\n".join(lines)

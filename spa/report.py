@@ -13,23 +13,28 @@ from spa.analyze import Analysis, Group
 from spa.calibrate.sources import Calibration
 from spa.criteria.score import Scores
 from spa.metrics import summarize
+from spa.tables import Column, Heading, Row, render, right
 
 if TYPE_CHECKING:
     from spa.plan import Plan
 
 
 def prune_summary(report: dict) -> str:
+    """The before/after table, then a line each: latency's note, the groups, the fidelity."""
     before, after = report["before"], report["after"]
     rows = [("params", "params", 1), ("MACs", "macs", 1), ("size (KiB)", "size_bytes", 1024), ("nodes", "nodes", 1)]
-    lines = [f"{'':12}{'before':>14}{'after':>14}{'after/before':>14}"]
+    cells = []
     for label, key, unit in rows:
         old, new = before[key] / unit, after[key] / unit
-        ratio = f"{new / old:.3f}" if old else "-"
-        lines.append(f"{label:12}{_number(old):>14}{_number(new):>14}{ratio:>14}")
+        cells.append((label, _number(old), _number(new), f"{new / old:.3f}" if old else "-"))
     latency = report.get("latency")
     if latency:
-        lines.append(f"{'latency':12}{latency['original_ms']:>12.3f}ms{'':>14}{latency['realized_ratio']:>14.3f}"
-                     f"  (measured, {latency['threads']} thread(s); predicted {latency['predicted_ratio']:.3f})")
+        cells.append(("latency (ms)", f"{latency['original_ms']:.3f}", "-", f"{latency['realized_ratio']:.3f}"))
+    columns = [Column(""), right("before"), right("after"), right("after/before")]
+    lines = [render(columns, cells, title="before and after")]
+    if latency:
+        lines.append(f"latency: measured, {latency['threads']} thread(s); predicted after/before "
+                     f"{latency['predicted_ratio']:.3f}")
     lines.append(groups_line(report["groups"]))
     if report.get("fidelity"):
         lines.append(fidelity_line(report["fidelity"], report.get("calibration")))
@@ -76,23 +81,27 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
 
 
-def inspect_table(analysis: Analysis) -> str:
+INSPECT_COLUMNS = [right("group"), Column("kind"), right("size"), Column("prunable"), Column("exact"),
+                   Column("layer: what / why kept whole")]
+
+
+def inspect_table(analysis: Analysis, title: str | None = None) -> str:
     """One row per group, under a heading per block (`layer2`, `model.encoder.layer.0`) where
     the model has several: rows in graph order, each block's rows together where it starts."""
-    lines = [f"{'group':>5} {'kind':8} {'size':>5}  {'prunable':8} {'exact':5}  layer: what / why kept whole"]
     rows = _by_block(analysis.groups)
     runs = sum(1 for before, group in zip([None] + rows, rows) if before is None or before.block != group.block)
     headed = len({group.block for group in rows} - {""}) > 1 and 4 * runs <= 3 * len(rows)  # not a heading a row
+    cells: list[Row] = []
     block = None
     for group in rows if headed else analysis.groups:
         if headed and group.block != block:
             block = group.block
-            lines.append(f"{block or '(top level)'}")
-        lines.append(f"{group.id:>5} {group.kind:8} {group.size:>5}  {_yes(group.prunable):8} "
-                     f"{_yes(group.exact):5}  {group.name}: {_detail(group)}")
+            cells.append(Heading(block or "(top level)"))
+        cells.append((str(group.id), group.kind, str(group.size), _yes(group.prunable), _yes(group.exact),
+                      f"{group.name}: {_detail(group)}"))
     prunable = len(analysis.prunable_groups())
-    lines.append(f"{len(analysis.groups)} groups, {prunable} prunable and exact")
-    return "\n".join(lines)
+    return render(INSPECT_COLUMNS, cells, title=title) + \
+        f"\n{len(analysis.groups)} groups, {prunable} prunable and exact"
 
 
 def _by_block(groups: list[Group]) -> list[Group]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spa.errors import SpaError, first_line
+from spa.tables import Column, render, right
 
 LATENCY_RUNS = 10
 COMPARE_SAMPLES = 16
@@ -345,20 +346,19 @@ def write_outputs(document: dict, folder: Path, use_metric: bool, metric: str | 
 
 
 def format_table(rows: list[dict], use_metric: bool) -> str:
-    header = ("criterion", "ratio", "params", "MACs", "latency", "cosine", "top-1", *(("metric",) if use_metric else ()),
-              "pareto")
-    lines = [header]
+    columns = [Column("criterion"), right("ratio"), right("params"), right("MACs"), right("latency"), right("cosine"),
+               right("top-1"), *((right("metric"),) if use_metric else ()), Column("pareto")]
+    cells = []
     for row in rows:
         pareto = ",".join(cost for cost in ("latency", "macs") if row[f"pareto_{cost}"]) or "-"
         if row["error"]:
-            lines.append((row["criterion"], f"{row['ratio']:g}", f"error: {row['error']}"))
+            cells.append((row["criterion"], f"{row['ratio']:g}", f"error: {row['error']}"))
             continue
-        lines.append((row["criterion"], f"{row['ratio']:g}", _share(row["params_ratio"]), _share(row["macs_ratio"]),
+        cells.append((row["criterion"], f"{row['ratio']:g}", _share(row["params_ratio"]), _share(row["macs_ratio"]),
                       _share(row["latency_ratio"]), "-" if row["cosine"] is None else f"{row['cosine']:.4f}",
                       "-" if row["top1"] is None else f"{100 * row['top1']:.1f}%",
                       *((_cell(row["metric"]),) if use_metric else ()), pareto))
-    widths = [max(len(line[k]) for line in lines if len(line) == len(header)) for k in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return render(columns, cells, title="one row per setting; params, MACs, latency: share of the original")
 
 
 def _share(value: float | None) -> str:

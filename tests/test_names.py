@@ -119,7 +119,7 @@ def test_inspect_table_gathers_a_block_split_by_another_group():
                         "model.bert.pooler", "(top level)"]
     rows = [line.split()[0] for line in lines[1:-1] if line.startswith(" ")]
     assert rows == ["0", "2", "1", "3", "4", "5", "6"]
-    assert lines[-3:-1] == ["(top level)", "    6 mlp          4  no       yes    model.classifier: reaches graph output 'logits'"]
+    assert lines[-3:-1] == ["(top level)", "    6  mlp        4  no        yes    model.classifier: reaches graph output 'logits'"]
 
 
 def test_inspect_table_has_no_headings_where_each_would_head_one_row():
