@@ -33,6 +33,7 @@ SLOPES = tuple(np.arange(0.0, 5.01, 0.5))
 FIT_SAMPLES = 16  # images per fitting run at most ...
 FIT_PIXELS = 1 << 18  # ... and at least 2, about this many pixels per channel in all
 MIN_SIZE = 4  # smaller images have no spectrum worth fitting
+RESPONSE_RCOND = 1e-4  # offsets ignore directions of the stem's response below this share of its largest
 
 
 @dataclass(frozen=True)
@@ -172,5 +173,7 @@ def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.Tenso
     mean0, _ = moments(base)
     response = np.stack([moments(base + np.eye(shape[1])[i].reshape(1, -1, 1, 1))[0] - mean0
                          for i in range(shape[1])], axis=1)
-    offset = np.linalg.lstsq(response, running_mean - mean0, rcond=None)[0]
+    # the responses are measured in float32: directions they barely move (a stem that is
+    # rank-deficient, 3 -> 2 -> 3 channels) are noise, and solving for them gave offsets of 1e8
+    offset = np.linalg.lstsq(response, running_mean - mean0, rcond=RESPONSE_RCOND)[0]
     return ImageRecipe(image, float(slope), scale, offset.astype(np.float64), norm.name or norm.output[0])
