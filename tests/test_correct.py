@@ -109,8 +109,18 @@ def test_std_ratio_is_clipped_and_ignores_dead_channels():
     from spa.repair.correct import RATIO_LIMITS, _std_ratio
     before = np.array([1.0, 1.0, 1.0, 0.0, 1.0])
     after = np.array([4.0, 0.0001, 1e6, 1.0, 0.0])  # x2, /100 (clipped), x1000 (clipped), dead before, dead after
-    ratio = _std_ratio(before, after)
+    ratio = _std_ratio(before, after, np.zeros(5))
     assert ratio.tolist() == [2.0, RATIO_LIMITS[0], RATIO_LIMITS[1], 1.0, 1.0]
+
+
+def test_std_ratio_leaves_constant_channels_alone():
+    """A channel constant up to float32 rounding (pooled after a BatchNorm renormalized per
+    sample: a hypothesis oracle example) has noise for a spread: its ratio of noises is no
+    change to correct, even where every channel of the layer is like it."""
+    from spa.repair.correct import _std_ratio
+    mean = np.array([-0.46, 0.20])
+    ratio = _std_ratio(np.array([1.10e-15, 1.0e-15]), np.array([1.18e-15, 1.3e-15]), mean)
+    assert ratio.tolist() == [1.0, 1.0]
 
 
 def test_batchnorm_restore_maps_the_new_distribution_onto_the_old():

@@ -24,6 +24,7 @@ from spa.io.load import read_values
 from spa.progress import progress
 
 RATIO_LIMITS = (0.1, 10.0)
+ROUNDING = 1e-6  # a std below this share of the mean is float32 rounding, not spread
 
 
 def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration, ir_version: int,
@@ -50,7 +51,7 @@ def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: di
             frontier.measure({layer.output.name: [now]})
             before = reference[layer.node.name]
             kept = np.setdiff1d(np.arange(len(before.mean)), sorted(removed_outputs.get(layer.node.name, ())))
-            ratio = _std_ratio(before.variance, now.variance)
+            ratio = _std_ratio(before.variance, now.variance, before.mean)
             norm = _following_batchnorm(layer)
             if norm is not None:
                 _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
@@ -67,10 +68,13 @@ def _weights_written(layer: LinearLayer) -> set[str]:
     return {layer.weight.name} | ({layer.bias.name} if layer.bias is not None else set())
 
 
-def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray) -> np.ndarray:
-    """s1 / s0 per channel, 1 where either is (near) zero, clipped to RATIO_LIMITS."""
+def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray, mean_before: np.ndarray) -> np.ndarray:
+    """s1 / s0 per channel, 1 where either is (near) zero, clipped to RATIO_LIMITS. Near
+    zero: below 1e-8 of the layer's largest std, or below ROUNDING of the channel's mean (a
+    constant channel, e.g. pooled after a BatchNorm renormalized per sample, whose spread
+    is float32 rounding)."""
     before, after = np.sqrt(variance_before), np.sqrt(variance_after)
-    tiny = 1e-8 * max(float(before.max(initial=0.0)), 1e-30)
+    tiny = np.maximum(1e-8 * max(float(before.max(initial=0.0)), 1e-30), ROUNDING * np.abs(mean_before))
     usable = (before > tiny) & (after > tiny)
     ratio = np.ones_like(before)
     ratio[usable] = after[usable] / before[usable]
