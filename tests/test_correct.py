@@ -118,8 +118,10 @@ def test_std_ratio_leaves_constant_channels_alone():
     sample: a hypothesis oracle example) has noise for a spread: its ratio of noises is no
     change to correct, even where every channel of the layer is like it."""
     from spa.repair.correct import _std_ratio
-    mean = np.array([-0.46, 0.20])
-    ratio = _std_ratio(np.array([1.10e-15, 1.0e-15]), np.array([1.18e-15, 1.3e-15]), mean)
+    ratio = _std_ratio(np.array([1.10e-15, 1.0e-15]), np.array([1.18e-15, 1.3e-15]), np.array([-0.46, 0.20]))
+    assert ratio.tolist() == [1.0, 1.0]
+    # a small mean summed from larger values: rounding at the scale of the layer's means
+    ratio = _std_ratio(np.array([2.63e-16, 1.33e-15]), np.array([2.42e-16, 1.22e-15]), np.array([-0.0144, 0.76]))
     assert ratio.tolist() == [1.0, 1.0]
 
 

@@ -24,7 +24,7 @@ from spa.io.load import read_values
 from spa.progress import progress
 
 RATIO_LIMITS = (0.1, 10.0)
-ROUNDING = 1e-6  # a std below this share of the mean is float32 rounding, not spread
+ROUNDING = 1e-5  # a std below this share of the layer's largest mean is float32 rounding, not spread
 
 
 def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration, ir_version: int,
@@ -70,11 +70,11 @@ def _weights_written(layer: LinearLayer) -> set[str]:
 
 def _std_ratio(variance_before: np.ndarray, variance_after: np.ndarray, mean_before: np.ndarray) -> np.ndarray:
     """s1 / s0 per channel, 1 where either is (near) zero, clipped to RATIO_LIMITS. Near
-    zero: below 1e-8 of the layer's largest std, or below ROUNDING of the channel's mean (a
+    zero: below 1e-8 of the layer's largest std, or below ROUNDING of its largest mean (a
     constant channel, e.g. pooled after a BatchNorm renormalized per sample, whose spread
-    is float32 rounding)."""
+    is float32 rounding of the values summed into it)."""
     before, after = np.sqrt(variance_before), np.sqrt(variance_after)
-    tiny = np.maximum(1e-8 * max(float(before.max(initial=0.0)), 1e-30), ROUNDING * np.abs(mean_before))
+    tiny = max(1e-8 * float(before.max(initial=0.0)), ROUNDING * float(np.abs(mean_before).max(initial=0.0)), 1e-30)
     usable = (before > tiny) & (after > tiny)
     ratio = np.ones_like(before)
     ratio[usable] = after[usable] / before[usable]
