@@ -1,0 +1,272 @@
+"""Fine-tuning a pruned model, and training a model pruned before training: the ONNX file as a
+trainable PyTorch module, and back.
+
+Optional: needs the `finetune` extra (`pip install "spa-prune[finetune]"`: torch and onnx2pytorch).
+Nothing else in spa imports this module, and it imports torch only when called.
+
+- `to_torch(model)`: the ONNX model as a `torch.nn.Module` (onnx2pytorch's converter). Every float
+  weight is a trainable parameter: besides the Conv/Gemm/BatchNorm weights the converter puts in
+  layers, the weights ONNX ops read directly (MatMul weights, LayerNorm scales, position
+  embeddings, embedding tables) become parameters too. BatchNorm trains with batch statistics in
+  `module.train()`, as in the original framework.
+- `max_difference(module, model, inputs)` / `check_equal(...)`: the module's outputs against
+  onnxruntime's on the same inputs.
+- `export_onnx(module, path, like=model)`: the trained module's weights written into the
+  initializers of the model it was converted from: the same graph, names and dynamic axes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spa.errors import SpaError
+
+if TYPE_CHECKING:
+    import torch
+
+EXTRA = 'pip install "spa-prune[finetune]"'
+TRAINABLE_LIMIT = 1e4  # a float constant holding larger (or non-finite) values is a mask, not a weight
+
+
+class FinetuneUnavailable(SpaError):
+    """torch or onnx2pytorch is not installed."""
+
+
+def _require() -> tuple[Any, Any]:
+    """torch and onnx2pytorch, or a one-line error naming the extra."""
+    try:
+        import torch
+        import onnx2pytorch
+    except ImportError as error:
+        raise FinetuneUnavailable(f"spa.finetune needs torch and onnx2pytorch ({error.name} is missing): "
+                                  f"{EXTRA}") from None
+    except Exception as error:  # torchvision built for another torch fails at import with a RuntimeError
+        raise FinetuneUnavailable(f"spa.finetune could not import torch/onnx2pytorch "
+                                  f"({type(error).__name__}: {error}); torch and torchvision must match: "
+                                  f"{EXTRA}") from None
+    return torch, onnx2pytorch
+
+
+def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+
+
+def _convertible(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy the converter accepts, computing the same: `training_mode=0` on BatchNormalization
+    (the default, which torch's exporter writes when it keeps BatchNorm) is dropped, as
+    onnx2pytorch refuses the attribute."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if node.op_type == "BatchNormalization":
+            for attribute in [a for a in node.attribute if a.name == "training_mode"]:
+                if onnx.helper.get_attribute_value(attribute) != 0:
+                    raise SpaError(f"BatchNormalization {node.name!r} has training_mode=1: export the model in "
+                                   "eval mode")
+                node.attribute.remove(attribute)
+    return copy
+
+
+def _read_as_constants(module: "torch.nn.Module") -> set[str]:
+    """Initializers that the converted module reads from its buffers at run time: the inputs of
+    nodes the converter did not turn into a layer holding its own weights (onnx2pytorch's rule in
+    ConvertModel.forward, on the graph it keeps: it fuses a MatMul and the Add of its bias into
+    one node)."""
+    from onnx2pytorch.constants import COMPOSITE_LAYERS, STANDARD_LAYERS
+
+    graph = module.onnx_model.graph
+    initializers = {t.name for t in graph.initializer}
+    read = set()
+    for node in graph.node:
+        op = getattr(module, module.mapping[node.output[0]])
+        holds_weights = isinstance(op, STANDARD_LAYERS) or (
+            isinstance(op, COMPOSITE_LAYERS) and any(isinstance(m, STANDARD_LAYERS) for m in op.modules()))
+        if not holds_weights:
+            read.update(name for name in node.input if name in initializers)
+    return read
+
+
+def _is_weight(array: np.ndarray) -> bool:
+    """A float tensor of more than one element with finite values of moderate size (a causal or
+    padding mask of -inf or -1e9 stays a constant; so do scalars such as Clip bounds and scales)."""
+    return (array.dtype.kind == "f" and array.size > 1 and bool(np.isfinite(array).all())
+            and float(np.abs(array).max()) < TRAINABLE_LIMIT)
+
+
+def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = True) -> "torch.nn.Module":
+    """The ONNX model as a torch module in eval mode, taking the graph inputs positionally (in graph
+    order) and returning the output (a list of outputs if there are several). With
+    `train_constants`, float weights that ONNX ops read directly become trainable parameters
+    (see `_is_weight` for what stays constant)."""
+    torch, onnx2pytorch = _require()
+    proto = _load(model)
+    module = onnx2pytorch.ConvertModel(_convertible(proto), experimental=True)
+    if train_constants:
+        from onnx2pytorch.convert.operations import get_buffer_name
+
+        arrays = {t.name: t for t in proto.graph.initializer}
+        for name in sorted(_read_as_constants(module)):
+            buffer_name = get_buffer_name(name)
+            if buffer_name in module._buffers and _is_weight(numpy_helper.to_array(arrays[name])):
+                tensor = module._buffers.pop(buffer_name)
+                module.register_parameter(buffer_name, torch.nn.Parameter(tensor.clone()))
+    module.spa_sources = _sources(module, proto)  # for export_onnx
+    return module.eval()
+
+
+def _outputs(module: "torch.nn.Module", model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    torch, _ = _require()
+    names = [i.name for i in model.graph.input if i.name in inputs]
+    with torch.no_grad():
+        got = module(*(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in names))
+    got = list(got) if isinstance(got, (list, tuple)) else [got]
+    return [g.detach().cpu().numpy() for g in got]
+
+
+def max_difference(module: "torch.nn.Module", model: str | Path | onnx.ModelProto,
+                   inputs: Mapping[str, np.ndarray]) -> float:
+    """The largest absolute difference between the module's float outputs (in eval mode) and
+    onnxruntime's on `inputs` (graph input name -> array)."""
+    import onnxruntime as ort
+
+    proto = _load(model)
+    was_training = module.training
+    module.eval()
+    try:
+        got = _outputs(module, proto, inputs)
+    finally:
+        module.train(was_training)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})
+    if len(got) != len(expected):
+        raise SpaError(f"the module returns {len(got)} outputs, the ONNX model {len(expected)}")
+    worst = 0.0
+    for name, a, b in zip([o.name for o in proto.graph.output], got, expected):
+        if a.shape != b.shape:
+            raise SpaError(f"output {name!r}: the module gives shape {a.shape}, the ONNX model {b.shape}")
+        if b.dtype.kind == "f":
+            worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+    return worst
+
+
+def check_equal(module: "torch.nn.Module", model: str | Path | onnx.ModelProto, inputs: Mapping[str, np.ndarray],
+                atol: float = 1e-5) -> float:
+    """`max_difference`, raising SpaError if it is above `atol`; returns it."""
+    worst = max_difference(module, model, inputs)
+    if not worst <= atol:
+        raise SpaError(f"the module's outputs differ from the ONNX model's by up to {worst:.3g} (atol {atol:g})")
+    return worst
+
+
+def export_onnx(module: "torch.nn.Module", path: str | Path, like: str | Path | onnx.ModelProto) -> Path:
+    """Write `like` (the ONNX model `module` was converted from) to `path` with the module's current
+    weights in its initializers: the same graph, input and output names, dynamic axes and opset,
+    so a fine-tuned pruned model goes back to where it came from. Returns `path`."""
+    torch, _ = _require()
+    proto = _load(like)
+    sources = getattr(module, "spa_sources", None)
+    if sources is None:
+        raise SpaError("export_onnx takes a module made by spa.finetune.to_torch")
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    changed = 0
+    for index, initializer in enumerate(copy.graph.initializer):
+        source = sources.get(initializer.name)
+        if source is None:
+            continue
+        name, layout, scale = source
+        if name not in tensors:
+            raise SpaError(f"the module has no tensor {name!r} for initializer {initializer.name!r}: "
+                           "was it converted from this model?")
+        original = numpy_helper.to_array(initializer)
+        value = _from_layer(tensors[name].detach().cpu().numpy(), layout, scale, original.shape)
+        copy.graph.initializer[index].CopyFrom(numpy_helper.from_array(value.astype(original.dtype),
+                                                                       initializer.name))
+        changed += 1
+    onnx.save(copy, str(path))
+    return Path(path)
+
+
+def _from_layer(value: np.ndarray, layout: str, scale: float, shape: tuple[int, ...]) -> np.ndarray:
+    """An initializer's value from the tensor the converter made of it (see _sources)."""
+    value = value.T if layout == "transposed" else value
+    return (value / scale if scale != 1 else value).reshape(shape)
+
+
+def _sources(module: "torch.nn.Module", model: onnx.ModelProto) -> dict[str, tuple[str, str, float]]:
+    """Initializer name -> (the module tensor holding it, "same" or "transposed", the factor the
+    converter multiplied it by). Layers hold the weights of the nodes they were made from (Conv,
+    ConvTranspose, BatchNormalization, Gemm, MatMul with the Add of its bias fused); every other
+    initializer is read from the module's root under its buffer name. Each entry is checked against
+    the initializer's value, so a converter that builds a layer differently fails here, not later."""
+    from onnx2pytorch.convert.operations import get_buffer_name
+
+    torch, _ = _require()
+    names = {id(t): n for n, t in [*module.named_parameters(), *module.named_buffers()]}
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    sources: dict[str, tuple[str, str, float]] = {}
+    held: set[str] = set()
+    for node in module.onnx_model.graph.node:
+        op = getattr(module, module.mapping[node.output[0]])
+        pairs = _layer_tensors(op, node, producers, initializers, torch)
+        if pairs is None:
+            continue
+        held.update(name for name in node.input if name in initializers)
+        for input_name, tensor, layout, scale in pairs:
+            if input_name in initializers and tensor is not None:
+                sources[input_name] = (names[id(tensor)], layout, scale)
+                held.add(input_name)
+    root = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+    for name in initializers:
+        if name not in held and get_buffer_name(name) in root:
+            sources[name] = (get_buffer_name(name), "same", 1.0)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    for name, (tensor_name, layout, scale) in sources.items():
+        expected = initializers[name]
+        got = _from_layer(tensors[tensor_name].detach().cpu().numpy(), layout, scale, expected.shape)
+        if not np.allclose(got, expected, rtol=1e-6, atol=1e-7):
+            raise SpaError(f"cannot tell where the converted module keeps initializer {name!r}")
+    return sources
+
+
+def _layer_tensors(op: Any, node: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
+                   initializers: dict[str, np.ndarray], torch: Any) -> list[tuple] | None:
+    """For a node the converter turned into a layer: (input name, layer tensor, layout, factor) for
+    each weight input; None for a node whose weights the module reads from its root."""
+    from onnx2pytorch.constants import COMPOSITE_LAYERS, STANDARD_LAYERS
+    from onnx2pytorch.operations import BatchNormWrapper
+
+    if isinstance(op, COMPOSITE_LAYERS):
+        layers = [m for m in op.modules() if isinstance(m, STANDARD_LAYERS)]
+        if not layers:
+            return None
+        op = layers[0]
+    if not isinstance(op, STANDARD_LAYERS):
+        return None
+    inputs = list(node.input) + [""] * 5
+    if isinstance(op, BatchNormWrapper):
+        bn = op.bnu
+        return [(inputs[1], bn.weight, "same", 1.0), (inputs[2], bn.bias, "same", 1.0),
+                (inputs[3], bn.running_mean, "same", 1.0), (inputs[4], bn.running_var, "same", 1.0)]
+    if isinstance(op, torch.nn.Linear):
+        if node.op_type == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            layout = "same" if attrs.get("transB", 0) else "transposed"
+            return [(inputs[1], op.weight, layout, float(attrs.get("alpha", 1.0))),
+                    (inputs[2], op.bias, "same", float(attrs.get("beta", 1.0)))]
+        # MatMul, its bias Add fused in: the fused node carries the Add's output
+        add = producers.get(node.output[0])
+        bias = "" if add is None or add.op_type != "Add" else next(n for n in add.input if n in initializers)
+        return [(inputs[1], op.weight, "transposed", 1.0), (bias, op.bias, "same", 1.0)]
+    conv = getattr(op, "conv", op)  # onnx2pytorch's ConvTranspose wraps torch's
+    if hasattr(conv, "weight"):
+        return [(inputs[1], conv.weight, "same", 1.0), (inputs[2], getattr(conv, "bias", None), "same", 1.0)]
+    raise SpaError(f"spa.finetune cannot map the weights of {node.op_type} node {node.name!r} "
+                   f"({type(op).__name__}) back to ONNX")
