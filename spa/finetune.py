@@ -72,51 +72,96 @@ def _convertible(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _read_as_constants(module: "torch.nn.Module") -> set[str]:
-    """Initializers that the converted module reads from its buffers at run time: the inputs of
-    nodes the converter did not turn into a layer holding its own weights (onnx2pytorch's rule in
-    ConvertModel.forward, on the graph it keeps: it fuses a MatMul and the Add of its bias into
-    one node)."""
+# Inputs that hold learnable weights when an initializer feeds them: op type -> input indices (None:
+# any). A float constant anywhere else (Resize scales, Pad values, Clip bounds, Range limits) stays one.
+WEIGHT_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "MatMul": None, "Gemm": (1, 2), "Conv": (1, 2), "ConvTranspose": (1, 2), "Add": None, "Sub": None,
+    "Mul": None, "Div": (0,), "Gather": (0,), "Einsum": None, "Concat": None, "Expand": (0,), "Where": (1, 2),
+    "Sum": None, "PRelu": (1,), "LayerNormalization": (1, 2), "GroupNormalization": (1, 2),
+    "InstanceNormalization": (1, 2), "BatchNormalization": (1, 2), "SimplifiedLayerNormalization": (1,)}
+
+
+def _root_reads(module: "torch.nn.Module") -> dict[str, set[tuple[str, int]]]:
+    """Initializers that the converted module reads from its root buffers at run time -> the (op
+    type, input index) pairs reading them: the inputs of nodes the converter did not turn into a
+    layer holding its own weights (onnx2pytorch's rule in ConvertModel.forward, on the graph it
+    keeps: it fuses a MatMul and the Add of its bias into one node)."""
+    initializers = {t.name for t in module.onnx_model.graph.initializer}
+    reads: dict[str, set[tuple[str, int]]] = {}
+    for node in module.onnx_model.graph.node:
+        if _holds_weights(getattr(module, module.mapping[node.output[0]])):
+            continue
+        for index, name in enumerate(node.input):
+            if name in initializers:
+                reads.setdefault(name, set()).add((node.op_type, index))
+    return reads
+
+
+def _holds_weights(op: Any) -> bool:
     from onnx2pytorch.constants import COMPOSITE_LAYERS, STANDARD_LAYERS
 
-    graph = module.onnx_model.graph
-    initializers = {t.name for t in graph.initializer}
-    read = set()
-    for node in graph.node:
-        op = getattr(module, module.mapping[node.output[0]])
-        holds_weights = isinstance(op, STANDARD_LAYERS) or (
-            isinstance(op, COMPOSITE_LAYERS) and any(isinstance(m, STANDARD_LAYERS) for m in op.modules()))
-        if not holds_weights:
-            read.update(name for name in node.input if name in initializers)
-    return read
+    return isinstance(op, STANDARD_LAYERS) or (
+        isinstance(op, COMPOSITE_LAYERS) and any(isinstance(m, STANDARD_LAYERS) for m in op.modules()))
 
 
-def _is_weight(array: np.ndarray) -> bool:
+def _is_weight(array: np.ndarray, reads: set[tuple[str, int]]) -> bool:
     """A float tensor of more than one element with finite values of moderate size (a causal or
-    padding mask of -inf or -1e9 stays a constant; so do scalars such as Clip bounds and scales)."""
+    padding mask of -inf or -1e9 stays a constant), read only where ops take weights (WEIGHT_INPUTS)."""
     return (array.dtype.kind == "f" and array.size > 1 and bool(np.isfinite(array).all())
-            and float(np.abs(array).max()) < TRAINABLE_LIMIT)
+            and float(np.abs(array).max()) < TRAINABLE_LIMIT
+            and all(op in WEIGHT_INPUTS and (WEIGHT_INPUTS[op] is None or index in WEIGHT_INPUTS[op])
+                    for op, index in reads))
 
 
 def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = True) -> "torch.nn.Module":
     """The ONNX model as a torch module in eval mode, taking the graph inputs positionally (in graph
     order) and returning the output (a list of outputs if there are several). With
     `train_constants`, float weights that ONNX ops read directly become trainable parameters
-    (see `_is_weight` for what stays constant)."""
+    (see `_is_weight` for what stays constant). An initializer that feeds several layers is one
+    tensor in the module too (tied weights stay tied)."""
     torch, onnx2pytorch = _require()
+    from onnx2pytorch.convert.operations import get_buffer_name
+
     proto = _load(model)
     module = onnx2pytorch.ConvertModel(_convertible(proto), experimental=True)
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    reads = _root_reads(module)
     if train_constants:
-        from onnx2pytorch.convert.operations import get_buffer_name
-
-        arrays = {t.name: t for t in proto.graph.initializer}
-        for name in sorted(_read_as_constants(module)):
+        for name, readers in sorted(reads.items()):
             buffer_name = get_buffer_name(name)
-            if buffer_name in module._buffers and _is_weight(numpy_helper.to_array(arrays[name])):
+            if buffer_name in module._buffers and _is_weight(arrays[name], readers):
                 tensor = module._buffers.pop(buffer_name)
                 module.register_parameter(buffer_name, torch.nn.Parameter(tensor.clone()))
+    _tie(module, _layer_entries(module, proto, torch), reads)
     module.spa_sources = _sources(module, proto)  # for export_onnx
     return module.eval()
+
+
+def _tie(module: "torch.nn.Module", entries: list[tuple], reads: dict[str, set[tuple[str, int]]]) -> None:
+    """One tensor for each initializer: the converter gives every layer its own copy of a shared
+    initializer; the first layer's becomes the others' (and the root's, where ops read it there).
+    Copies in another layout (one transposed) cannot be one tensor: they are refused."""
+    from onnx2pytorch.convert.operations import get_buffer_name
+
+    first: dict[str, tuple] = {}
+    for name, owner, attr, layout, scale in entries:
+        if name not in first:
+            first[name] = (getattr(owner, attr), layout, scale)
+            continue
+        tensor, first_layout, first_scale = first[name]
+        if (layout, scale) != (first_layout, first_scale):
+            raise SpaError(f"initializer {name!r} feeds layers in different layouts: spa.finetune cannot keep "
+                           "their copies tied")
+        setattr(owner, attr, tensor)
+    for name, (tensor, layout, scale) in first.items():
+        buffer_name = get_buffer_name(name)
+        if name in reads and (layout, scale) == ("same", 1.0):
+            module._buffers.pop(buffer_name, None)
+            module._parameters.pop(buffer_name, None)
+            setattr(module, buffer_name, tensor)
+        elif name in reads:
+            raise SpaError(f"initializer {name!r} is read by a layer ({layout}, x{scale}) and by other ops: "
+                           "spa.finetune cannot keep them tied")
 
 
 def _outputs(module: "torch.nn.Module", model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -210,22 +255,12 @@ def _sources(module: "torch.nn.Module", model: onnx.ModelProto) -> dict[str, tup
     torch, _ = _require()
     names = {id(t): n for n, t in [*module.named_parameters(), *module.named_buffers()]}
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
     sources: dict[str, tuple[str, str, float]] = {}
-    held: set[str] = set()
-    for node in module.onnx_model.graph.node:
-        op = getattr(module, module.mapping[node.output[0]])
-        pairs = _layer_tensors(op, node, producers, initializers, torch)
-        if pairs is None:
-            continue
-        held.update(name for name in node.input if name in initializers)
-        for input_name, tensor, layout, scale in pairs:
-            if input_name in initializers and tensor is not None:
-                sources[input_name] = (names[id(tensor)], layout, scale)
-                held.add(input_name)
+    for name, owner, attr, layout, scale in _layer_entries(module, model, torch):
+        sources.setdefault(name, (names[id(getattr(owner, attr))], layout, scale))
     root = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
     for name in initializers:
-        if name not in held and get_buffer_name(name) in root:
+        if name not in sources and get_buffer_name(name) in root:
             sources[name] = (get_buffer_name(name), "same", 1.0)
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
     for name, (tensor_name, layout, scale) in sources.items():
@@ -236,10 +271,23 @@ def _sources(module: "torch.nn.Module", model: onnx.ModelProto) -> dict[str, tup
     return sources
 
 
+def _layer_entries(module: "torch.nn.Module", model: onnx.ModelProto, torch: Any) -> list[tuple]:
+    """(initializer name, owner module, attribute, layout, factor) for every weight a layer holds."""
+    initializers = {t.name for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    entries = []
+    for node in module.onnx_model.graph.node:
+        op = getattr(module, module.mapping[node.output[0]])
+        for name, owner, attr, layout, scale in _layer_tensors(op, node, producers, initializers, torch) or []:
+            if name in initializers and getattr(owner, attr, None) is not None:
+                entries.append((name, owner, attr, layout, scale))
+    return entries
+
+
 def _layer_tensors(op: Any, node: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
                    initializers: dict[str, np.ndarray], torch: Any) -> list[tuple] | None:
-    """For a node the converter turned into a layer: (input name, layer tensor, layout, factor) for
-    each weight input; None for a node whose weights the module reads from its root."""
+    """For a node the converter turned into a layer: (input name, owner module, attribute, layout,
+    factor) for each weight input; None for a node whose weights the module reads from its root."""
     from onnx2pytorch.constants import COMPOSITE_LAYERS, STANDARD_LAYERS
     from onnx2pytorch.operations import BatchNormWrapper
 
@@ -252,21 +300,20 @@ def _layer_tensors(op: Any, node: onnx.NodeProto, producers: dict[str, onnx.Node
         return None
     inputs = list(node.input) + [""] * 5
     if isinstance(op, BatchNormWrapper):
-        bn = op.bnu
-        return [(inputs[1], bn.weight, "same", 1.0), (inputs[2], bn.bias, "same", 1.0),
-                (inputs[3], bn.running_mean, "same", 1.0), (inputs[4], bn.running_var, "same", 1.0)]
+        return [(inputs[index], op.bnu, attr, "same", 1.0)
+                for index, attr in enumerate(("weight", "bias", "running_mean", "running_var"), start=1)]
     if isinstance(op, torch.nn.Linear):
         if node.op_type == "Gemm":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             layout = "same" if attrs.get("transB", 0) else "transposed"
-            return [(inputs[1], op.weight, layout, float(attrs.get("alpha", 1.0))),
-                    (inputs[2], op.bias, "same", float(attrs.get("beta", 1.0)))]
+            return [(inputs[1], op, "weight", layout, float(attrs.get("alpha", 1.0))),
+                    (inputs[2], op, "bias", "same", float(attrs.get("beta", 1.0)))]
         # MatMul, its bias Add fused in: the fused node carries the Add's output
         add = producers.get(node.output[0])
         bias = "" if add is None or add.op_type != "Add" else next(n for n in add.input if n in initializers)
-        return [(inputs[1], op.weight, "transposed", 1.0), (bias, op.bias, "same", 1.0)]
+        return [(inputs[1], op, "weight", "transposed", 1.0), (bias, op, "bias", "same", 1.0)]
     conv = getattr(op, "conv", op)  # onnx2pytorch's ConvTranspose wraps torch's
     if hasattr(conv, "weight"):
-        return [(inputs[1], conv.weight, "same", 1.0), (inputs[2], getattr(conv, "bias", None), "same", 1.0)]
+        return [(inputs[1], conv, "weight", "same", 1.0), (inputs[2], conv, "bias", "same", 1.0)]
     raise SpaError(f"spa.finetune cannot map the weights of {node.op_type} node {node.name!r} "
                    f"({type(op).__name__}) back to ONNX")
