@@ -43,7 +43,7 @@ from spa.finetune import check_equal, export_onnx, to_torch
 class Recipe:
     """One fine-tuning recipe for every model (tools/bench_anytime.py does not tune it per model)."""
     epochs: int = 3
-    lr: float = 5e-4
+    lr: float = 2e-3
     weight_decay: float = 0.0
     batch: int = 64
     distill: bool = False
@@ -158,7 +158,7 @@ def main() -> None:
     start = time.perf_counter()
     train(module, train_data["x"], train_data["y"], recipe, teacher=teacher, after_epoch=report)
     print(f"trained {args.epochs} epoch(s) in {time.perf_counter() - start:.1f}s")
-    export_onnx(module, args.out, like=student_path)
+    export_onnx(module, args.out)
     print(f"wrote {args.out}: max |onnxruntime - torch| = {check_equal(module, args.out, sample, atol=1e-4):.1e}")
     if test_data is not None:
         print(f"{args.out}: test accuracy in onnxruntime {accuracy(args.out, test_data['x'], test_data['y']):.2f}%")

@@ -11,8 +11,8 @@ Nothing else in spa imports this module, and it imports torch only when called.
   `module.train()`, as in the original framework.
 - `max_difference(module, model, inputs)` / `check_equal(...)`: the module's outputs against
   onnxruntime's on the same inputs.
-- `export_onnx(module, path, like=model)`: the trained module's weights written into the
-  initializers of the model it was converted from: the same graph, names and dynamic axes.
+- `export_onnx(module, path)`: the trained module's weights written into the initializers of the
+  model it was converted from: the same graph, names and dynamic axes.
 """
 from __future__ import annotations
 
@@ -57,11 +57,26 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _convertible(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy the converter accepts, computing the same: `training_mode=0` on BatchNormalization
-    (the default, which torch's exporter writes when it keeps BatchNorm) is dropped, as
-    onnx2pytorch refuses the attribute."""
+    """A copy that computes the same, for training: `training_mode=0` on BatchNormalization (the
+    default, which torch's exporter writes when it keeps BatchNorm) is dropped, as onnx2pytorch
+    refuses the attribute; and an initializer read by several node inputs gets a copy per input
+    (NAME, NAME__spa1, ...). Exporters merge equal constants: every zero bias and unit scale of a
+    freshly initialized network, or a BatchNorm's zero bias with its zero running mean, can be one
+    initializer, and trained as one they would stay equal. (Weights tied by design, as GPT-2's
+    embeddings, are untied too: each copy trains on its own.)"""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    initializers = {t.name: t for t in copy.graph.initializer}
+    seen: dict[str, int] = {}
+    for node in copy.graph.node:
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            uses = seen[name] = seen.get(name, 0) + 1
+            if uses > 1:
+                duplicate = copy.graph.initializer.add()
+                duplicate.CopyFrom(initializers[name])
+                duplicate.name = node.input[index] = f"{name}__spa{uses - 1}"
     for node in copy.graph.node:
         if node.op_type == "BatchNormalization":
             for attribute in [a for a in node.attribute if a.name == "training_mode"]:
@@ -117,14 +132,16 @@ def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = Tru
     """The ONNX model as a torch module in eval mode, taking the graph inputs positionally (in graph
     order) and returning the output (a list of outputs if there are several). With
     `train_constants`, float weights that ONNX ops read directly become trainable parameters
-    (see `_is_weight` for what stays constant). An initializer that feeds several layers is one
-    tensor in the module too (tied weights stay tied)."""
+    (see `_is_weight` for what stays constant). An initializer that feeds several inputs is one
+    parameter per input (see `_convertible`)."""
     torch, onnx2pytorch = _require()
     from onnx2pytorch.convert.operations import get_buffer_name
 
-    proto = _load(model)
-    module = onnx2pytorch.ConvertModel(_convertible(proto), experimental=True)
-    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    convertible = _convertible(_load(model))
+    converted = onnx.ModelProto()
+    converted.CopyFrom(convertible)  # the converter edits the graph it is given (fuses MatMul + Add)
+    module = onnx2pytorch.ConvertModel(converted, experimental=True)
+    arrays = {t.name: numpy_helper.to_array(t) for t in convertible.graph.initializer}
     reads = _root_reads(module)
     if train_constants:
         for name, readers in sorted(reads.items()):
@@ -132,36 +149,9 @@ def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = Tru
             if buffer_name in module._buffers and _is_weight(arrays[name], readers):
                 tensor = module._buffers.pop(buffer_name)
                 module.register_parameter(buffer_name, torch.nn.Parameter(tensor.clone()))
-    _tie(module, _layer_entries(module, proto, torch), reads)
-    module.spa_sources = _sources(module, proto)  # for export_onnx
+    module.spa_graph = convertible  # for export_onnx: the graph the module computes, weights by name
+    module.spa_sources = _sources(module, convertible)
     return module.eval()
-
-
-def _tie(module: "torch.nn.Module", entries: list[tuple], reads: dict[str, set[tuple[str, int]]]) -> None:
-    """One tensor for each initializer: the converter gives every layer its own copy of a shared
-    initializer; the first layer's becomes the others' (and the root's, where ops read it there).
-    Copies in another layout (one transposed) cannot be one tensor: they are refused."""
-    from onnx2pytorch.convert.operations import get_buffer_name
-
-    first: dict[str, tuple] = {}
-    for name, owner, attr, layout, scale in entries:
-        if name not in first:
-            first[name] = (getattr(owner, attr), layout, scale)
-            continue
-        tensor, first_layout, first_scale = first[name]
-        if (layout, scale) != (first_layout, first_scale):
-            raise SpaError(f"initializer {name!r} feeds layers in different layouts: spa.finetune cannot keep "
-                           "their copies tied")
-        setattr(owner, attr, tensor)
-    for name, (tensor, layout, scale) in first.items():
-        buffer_name = get_buffer_name(name)
-        if name in reads and (layout, scale) == ("same", 1.0):
-            module._buffers.pop(buffer_name, None)
-            module._parameters.pop(buffer_name, None)
-            setattr(module, buffer_name, tensor)
-        elif name in reads:
-            raise SpaError(f"initializer {name!r} is read by a layer ({layout}, x{scale}) and by other ops: "
-                           "spa.finetune cannot keep them tied")
 
 
 def _outputs(module: "torch.nn.Module", model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -208,32 +198,27 @@ def check_equal(module: "torch.nn.Module", model: str | Path | onnx.ModelProto, 
     return worst
 
 
-def export_onnx(module: "torch.nn.Module", path: str | Path, like: str | Path | onnx.ModelProto) -> Path:
-    """Write `like` (the ONNX model `module` was converted from) to `path` with the module's current
-    weights in its initializers: the same graph, input and output names, dynamic axes and opset,
-    so a fine-tuned pruned model goes back to where it came from. Returns `path`."""
-    torch, _ = _require()
-    proto = _load(like)
-    sources = getattr(module, "spa_sources", None)
-    if sources is None:
+def export_onnx(module: "torch.nn.Module", path: str | Path) -> Path:
+    """Write the model `module` was converted from (by to_torch) to `path` with the module's current
+    weights in its initializers: the same graph, input and output names, dynamic axes and opset, so
+    a fine-tuned pruned model goes back to where it came from. (An initializer that several inputs
+    read is written once per input: see `_convertible`.) Returns `path`."""
+    _require()
+    sources, graph = getattr(module, "spa_sources", None), getattr(module, "spa_graph", None)
+    if sources is None or graph is None:
         raise SpaError("export_onnx takes a module made by spa.finetune.to_torch")
     tensors = dict(module.named_parameters()) | dict(module.named_buffers())
     copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    changed = 0
+    copy.CopyFrom(graph)
     for index, initializer in enumerate(copy.graph.initializer):
         source = sources.get(initializer.name)
         if source is None:
             continue
         name, layout, scale = source
-        if name not in tensors:
-            raise SpaError(f"the module has no tensor {name!r} for initializer {initializer.name!r}: "
-                           "was it converted from this model?")
         original = numpy_helper.to_array(initializer)
         value = _from_layer(tensors[name].detach().cpu().numpy(), layout, scale, original.shape)
         copy.graph.initializer[index].CopyFrom(numpy_helper.from_array(value.astype(original.dtype),
                                                                        initializer.name))
-        changed += 1
     onnx.save(copy, str(path))
     return Path(path)
 

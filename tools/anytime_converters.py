@@ -162,7 +162,7 @@ def round_trip(module, path: Path, inputs: dict[str, np.ndarray]) -> str:
             parameter.add_(0.01 * parameter.abs().mean() * torch.randn(parameter.shape, generator=generator))
     target = CACHE / "round_trip.onnx"
     try:
-        export_onnx(module, target, like=path)
+        export_onnx(module, target)
         return f"{max_difference(module, target, inputs):.1e}"
     except Exception as error:  # noqa: BLE001
         return f"{type(error).__name__}: {str(error)[:100]}"

@@ -92,7 +92,7 @@ def finetuned(pruned: Path, dense: Path, data: dict[str, train_digits.Split], di
 
     recipe = dataclasses.replace(FINETUNE, distill=distill)
     train(module, data["train"].x, data["train"].y, recipe, teacher=teacher, after_epoch=read)
-    written = export_onnx(module, workdir / f"{pruned.stem}_ft{'_kd' if distill else ''}.onnx", like=pruned)
+    written = export_onnx(module, workdir / f"{pruned.stem}_ft{'_kd' if distill else ''}.onnx")
     in_ort = accuracy(written, data["test"].x, data["test"].y)
     if abs(in_ort - scores[READ_AT[-1]]) > 0.5:
         raise SystemExit(f"{written}: onnxruntime accuracy {in_ort} differs from torch's {scores[READ_AT[-1]]}")
