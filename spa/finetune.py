@@ -59,7 +59,9 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 def _convertible(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy that computes the same, for training: `training_mode=0` on BatchNormalization (the
     default, which torch's exporter writes when it keeps BatchNorm) is dropped, as onnx2pytorch
-    refuses the attribute; and an initializer read by several node inputs gets a copy per input
+    refuses the attribute; an Identity of an initializer becomes an initializer (torch's exporter
+    writes them for merged constants, and onnx2pytorch does not take a BatchNorm's weights from
+    one); and an initializer read by several node inputs gets a copy per input
     (NAME, NAME__spa1, ...). Exporters merge equal constants: every zero bias and unit scale of a
     freshly initialized network, or a BatchNorm's zero bias with its zero running mean, can be one
     initializer, and trained as one they would stay equal. (Weights tied by design, as GPT-2's
@@ -67,6 +69,14 @@ def _convertible(model: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     initializers = {t.name: t for t in copy.graph.initializer}
+    outputs = {o.name for o in copy.graph.output}
+    for node in list(copy.graph.node):  # Identity of an initializer: the initializer, under the output's name
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
+            constant = copy.graph.initializer.add()
+            constant.CopyFrom(initializers[node.input[0]])
+            constant.name = node.output[0]
+            initializers[constant.name] = constant
+            copy.graph.node.remove(node)
     seen: dict[str, int] = {}
     for node in copy.graph.node:
         for index, name in enumerate(node.input):
