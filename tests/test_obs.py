@@ -306,3 +306,18 @@ def test_hessian_keeps_its_rows_only_while_they_are_few():
     np.testing.assert_allclose(accumulator.rows.T @ accumulator.rows, accumulator.matrix, rtol=1e-5, atol=1e-5)
     accumulator(values[4:])  # 24 rows > 40 / 2: no longer low rank enough
     assert accumulator.rows is None
+
+
+@pytest.mark.parametrize("n", [1, 7, 1100])  # 1100: more than two blocks of rows mirrored
+def test_inverse_in_place_equals_numpy(n):
+    """LAPACK's Cholesky inverse in the matrix's own memory (potrf, potri, then the lower
+    triangle mirrored): the inverse, symmetric, in C order, and None where Cholesky fails."""
+    from spa.criteria.obs import _positive_definite_inverse
+    rng = np.random.default_rng(n)
+    rows = rng.normal(size=(n + 5, n))
+    matrix = rows.T @ rows + np.eye(n)
+    want = np.linalg.inv(matrix)
+    got = _positive_definite_inverse(matrix.copy())
+    assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, got.T)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    assert _positive_definite_inverse(np.array([[1.0, 2.0], [2.0, 1.0]])) is None

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 from spa.errors import SpaError
 
@@ -86,17 +87,42 @@ def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING,
         return _low_rank_inverse(hessian, rows, damping)
     tried = []
     for _ in range(RETRIES + 1):
-        try:
-            lower = np.linalg.cholesky(damped(hessian, damping))
-            lower_inv = np.linalg.inv(lower)
-            del lower  # n x n matrices are the peak memory of pruning a wide conv: one at a time
-            return lower_inv.T @ lower_inv
-        except np.linalg.LinAlgError:
-            tried.append(damping)
-            damping = max(damping * 10, 1e-6)
+        inverse = _positive_definite_inverse(damped(hessian, damping))
+        if inverse is not None:
+            return inverse
+        tried.append(damping)
+        damping = max(damping * 10, 1e-6)
     raise SpaError(
         f"Hessian is not positive definite even with damping {', '.join(f'{d:g}' for d in tried)}; "
         "check the calibration statistics for NaN/inf or a non-PSD matrix")
+
+
+def _positive_definite_inverse(matrix: np.ndarray) -> np.ndarray | None:
+    """The inverse of a symmetric float64 matrix, computed in its own memory by LAPACK's
+    Cholesky factorization (potrf) and inverse from it (potri); None where it is not
+    positive definite. n x n matrices are the peak memory of pruning a wide layer: numpy's
+    cholesky and inv would each add two more, and inv would run a full LU on the factor."""
+    factor, info = lapack.dpotrf(matrix.T, lower=True, clean=False, overwrite_a=True)  # .T: Fortran order, same values
+    if info != 0:
+        return None
+    inverse, info = lapack.dpotri(factor, lower=True, overwrite_c=True)
+    if info != 0:
+        return None
+    _mirror_lower(inverse)
+    return inverse.T  # C order again (symmetric)
+
+
+MIRROR_ROWS = 512  # rows copied at a time: no n x n index arrays or temporaries
+
+
+def _mirror_lower(matrix: np.ndarray) -> None:
+    """Copy the lower triangle of a square matrix onto its upper one, in place."""
+    n = len(matrix)
+    for start in range(0, n, MIRROR_ROWS):
+        stop = min(start + MIRROR_ROWS, n)
+        block = matrix[start:stop, start:stop]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].T
 
 
 def _low_rank_inverse(hessian: np.ndarray, rows: np.ndarray, damping: float) -> np.ndarray:
