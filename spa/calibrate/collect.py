@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg import blas
 
 
 class Moments:
@@ -98,9 +99,13 @@ class Hessian:
                 self._kept.append(rows.astype(np.float64) * scale)
             else:
                 self._kept = None
-            part = rows.T @ rows
-            product = part if product is None else np.add(product, part, out=product)
+            # XᵀX by BLAS's symmetric rank-k update: half a matrix product's work, added in
+            # place (the Fortran-order n x n sum gets only its upper triangle, its lower in C order)
+            product = blas.ssyrk(1.0, rows.T, beta=1.0, c=product, overwrite_c=1) if product is not None \
+                else blas.ssyrk(1.0, rows.T)
         del pieces, rows
+        product = product.T  # C order, lower triangle filled
+        mirror_lower(product)
         if self._sum is None:
             self._sum = np.zeros(product.shape)
         if 1e-30 < scale ** 2 < 1e30:  # entries are at most the row count: float32 holds them times scale²
@@ -108,3 +113,16 @@ class Hessian:
             self._sum += product  # cast while adding: no float64 copy of an n x n matrix
         else:
             self._sum += product.astype(np.float64) * scale ** 2
+
+
+MIRROR_ROWS = 512  # rows copied at a time: no n x n index arrays or temporaries
+
+
+def mirror_lower(matrix: np.ndarray) -> None:
+    """Copy the lower triangle of a square matrix onto its upper one, in place."""
+    n = len(matrix)
+    for start in range(0, n, MIRROR_ROWS):
+        stop = min(start + MIRROR_ROWS, n)
+        block = matrix[start:stop, start:stop]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].T

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import lapack
 
+from spa.calibrate.collect import mirror_lower
 from spa.errors import SpaError
 
 DEFAULT_DAMPING = 0.01
@@ -108,21 +109,8 @@ def _positive_definite_inverse(matrix: np.ndarray) -> np.ndarray | None:
     inverse, info = lapack.dpotri(factor, lower=True, overwrite_c=True)
     if info != 0:
         return None
-    _mirror_lower(inverse)
+    mirror_lower(inverse)
     return inverse.T  # C order again (symmetric)
-
-
-MIRROR_ROWS = 512  # rows copied at a time: no n x n index arrays or temporaries
-
-
-def _mirror_lower(matrix: np.ndarray) -> None:
-    """Copy the lower triangle of a square matrix onto its upper one, in place."""
-    n = len(matrix)
-    for start in range(0, n, MIRROR_ROWS):
-        stop = min(start + MIRROR_ROWS, n)
-        block = matrix[start:stop, start:stop]
-        block[...] = np.tril(block) + np.tril(block, -1).T
-        matrix[start:stop, stop:] = matrix[stop:, start:stop].T
 
 
 def _low_rank_inverse(hessian: np.ndarray, rows: np.ndarray, damping: float) -> np.ndarray:
