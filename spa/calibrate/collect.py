@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg import blas
 
 
 class Moments:
@@ -92,6 +91,7 @@ class Hessian:
         pieces, self._pending = self._pending, []
         scale = 2.0 ** np.floor(np.log2(max(self._pending_max, 1e-30)))
         self._pending_max = 0.0
+        from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
         product = None
         for rows in pieces:
             rows *= np.float32(1 / scale)  # a power of two: exact

@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import lapack
 
 from spa.calibrate.collect import mirror_lower
 from spa.errors import SpaError
@@ -103,6 +102,7 @@ def _positive_definite_inverse(matrix: np.ndarray) -> np.ndarray | None:
     Cholesky factorization (potrf) and inverse from it (potri); None where it is not
     positive definite. n x n matrices are the peak memory of pruning a wide layer: numpy's
     cholesky and inv would each add two more, and inv would run a full LU on the factor."""
+    from scipy.linalg import lapack  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
     factor, info = lapack.dpotrf(matrix.T, lower=True, clean=False, overwrite_a=True)  # .T: Fortran order, same values
     if info != 0:
         return None
