@@ -295,7 +295,29 @@ def test_low_rank_inverse_equals_the_full_one(damping):
     rows[:, 7] = 0.0  # a dead input
     hessian = rows.T @ rows
     full = inverse_hessian(hessian, damping)
-    np.testing.assert_allclose(inverse_hessian(hessian, damping, rows), full, rtol=1e-7, atol=1e-9 * np.abs(full).max())
+    np.testing.assert_allclose(inverse_hessian(hessian, damping, rows).dense(), full, rtol=1e-7,
+                               atol=1e-9 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_obs_with_the_factored_low_rank_inverse_equals_the_dense_one(block):
+    """obs_costs and obs_prune on the factored inverse (diag - FᵀF, never n x n) give the
+    costs, the removed channels and the compensated weights of the same inverse made dense."""
+    from spa.criteria.obs import LowRankInverse
+    rng = np.random.default_rng(block)
+    channels, out = 24, 5
+    rows = rng.standard_normal((20, channels * block))
+    rows[:, 4] = 0.0  # a dead input
+    hessian = rows.T @ rows
+    blocks = [np.arange(c * block, (c + 1) * block) for c in range(channels)]
+    weight = rng.standard_normal((out, channels * block))
+    factored = inverse_hessian(hessian, 0.01, rows)
+    assert isinstance(factored, LowRankInverse)
+    layers = [Layer(weight.copy(), hessian, blocks, inverse) for inverse in (factored, factored.dense())]
+    np.testing.assert_allclose(obs_costs(layers[:1]), obs_costs(layers[1:]), rtol=1e-8)
+    removed = [obs_prune([layer], 10, max_steps=4) for layer in layers]
+    assert removed[0] == removed[1]
+    np.testing.assert_allclose(layers[0].weight, layers[1].weight, rtol=1e-7, atol=1e-9)
 
 
 def test_hessian_keeps_its_rows_only_while_they_are_few():
