@@ -283,3 +283,25 @@ def test_distilled_offsets_stay_bounded_on_a_rank_deficient_stem():
     assert recipe is not None and np.abs(recipe.offset).max() < 10
     result = spa.prune(model, 0.5, round_to=1)  # default: l2, corrected on distilled images, verified
     assert result.report["after"]["params"] < result.report["before"]["params"]
+
+
+def test_distilled_offsets_stay_within_a_few_standard_deviations():
+    """A stem that barely responds to an input's mean (nearly zero-sum kernels) asked for
+    offsets of 4e4 beside a scale of 8 on a generated graph, and rounding of such inputs then
+    failed verification: offsets are held within OFFSET_LIMIT times the images' scale."""
+    from spa.calibrate.distill import OFFSET_LIMIT
+    laplacian = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64) + 1e-3  # sums to 0.009
+    weights = {"w": np.stack([np.stack([laplacian * (i == j) for j in range(3)]) for i in range(3)]),
+               "scale": np.ones(3), "shift": np.zeros(3), "mean": np.full(3, 0.5), "var": np.full(3, 2.0)}
+    helper = onnx.helper
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    recipe = image_recipe(model)
+    assert recipe is not None
+    assert np.abs(recipe.offset).max() <= OFFSET_LIMIT * recipe.scale + 1e-9
+    assert np.abs(recipe.offset).max() >= 0.99 * OFFSET_LIMIT * recipe.scale  # the fit asked for more: held at the limit

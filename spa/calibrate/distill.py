@@ -34,6 +34,7 @@ FIT_SAMPLES = 16  # images per fitting run at most ...
 FIT_PIXELS = 1 << 18  # ... and at least 2, about this many pixels per channel in all
 MIN_SIZE = 4  # smaller images have no spectrum worth fitting
 RESPONSE_RCOND = 1e-4  # offsets ignore directions of the stem's response below this share of its largest
+OFFSET_LIMIT = 4.0  # |offset| at most this many times the images' scale
 
 
 @dataclass(frozen=True)
@@ -176,4 +177,8 @@ def _fit(stem, image: str, norm: onnx.NodeProto, constants: dict[str, onnx.Tenso
     # the responses are measured in float32: directions they barely move (a stem that is
     # rank-deficient, 3 -> 2 -> 3 channels) are noise, and solving for them gave offsets of 1e8
     offset = np.linalg.lstsq(response, running_mean - mean0, rcond=RESPONSE_RCOND)[0]
+    # a stem that responds weakly to offsets asks for huge ones (4e4 beside a scale of 8, on a
+    # generated graph), and float32 rounding of such inputs then swamps what is measured:
+    # normalized images keep their channel means within a few standard deviations
+    offset = np.clip(offset, -OFFSET_LIMIT * scale, OFFSET_LIMIT * scale)
     return ImageRecipe(image, float(slope), scale, offset.astype(np.float64), norm.name or norm.output[0])
