@@ -102,6 +102,12 @@ DATA_SETTINGS = (Setting("calib", True, None), Setting("calib, no correction", T
                  Setting("data-free, folded estimates", False, None, folded_estimates=True))
 TARGET_ROWS = (("l2", MAGNITUDE_SETTINGS[0]), ("l2", MAGNITUDE_SETTINGS[1]), ("obs", DATA_SETTINGS[0]),
                ("greedy", DATA_SETTINGS[0]), ("fluctuation", DATA_SETTINGS[0]))
+# Table C, transformers only: every kind pruned (hidden units too), global scope, at the MACs
+# Torch-Pruning's ratio 0.4 reaches on the digits ViT (it prunes the embedding width)
+EVERY_KIND = ("heads", "mlp", "hidden")
+EQUAL_MACS = (0.39,)
+EVERY_KIND_ROWS = (("obs", DATA_SETTINGS[0]), ("greedy", DATA_SETTINGS[0]))
+TABLES = ("table_a", "table_b", "table_c")
 
 
 @dataclass
@@ -112,6 +118,7 @@ class Cell:
     scope: str
     ratio: float | None = None
     target_macs: float | None = None
+    targets: tuple[str, ...] | None = None  # None: spa's default kinds
     verified: bool = False
     accuracy: float | None = None
     macs: float | None = None  # after / before
@@ -170,7 +177,7 @@ def run_cell(name: str, cell: Cell, setting: Setting, split: Split, calib_sample
                    calib_samples=calib_samples if setting.calib else None,
                    correct_stats=setting.correct_stats, batchnorm_stats=setting.batchnorm_stats,
                    folded_estimates=setting.folded_estimates,
-                   verify=cell.verified)
+                   verify=cell.verified, **({"targets": cell.targets} if cell.targets else {}))
     call = f"prune({name!r}, {cell.ratio or 0.0}, {cell.criterion!r}, {options})"
     log(call)
     try:
@@ -222,12 +229,20 @@ def table_b(name: str, split: Split, args: argparse.Namespace) -> list[list[Cell
             for criterion, setting in TARGET_ROWS if criterion in args.criteria]
 
 
+def table_c(name: str, split: Split, args: argparse.Namespace) -> list[list[Cell]]:
+    if "transformer" not in name:
+        return []
+    return [[run_cell(name, Cell(criterion, setting.label, "global", target_macs=target, targets=EVERY_KIND),
+                      setting, split, args.calib_samples) for target in EQUAL_MACS]
+            for criterion, setting in EVERY_KIND_ROWS if criterion in args.criteria]
+
+
 def run_model(name: str, directory: Path, args: argparse.Namespace) -> dict:
     split = write_split(name, directory)
     before = accuracy(model_path(name), split)
     log(f"{name}: {before:.2f}% before pruning")
     return {"model": name, "accuracy_before": before, "table_a": table_a(name, split, args),
-            "table_b": table_b(name, split, args)}
+            "table_b": table_b(name, split, args), "table_c": table_c(name, split, args)}
 
 
 # --- sentence embeddings: all-MiniLM-L6-v2 -------------------------------------------------------
@@ -396,11 +411,11 @@ def format_table_a(table: list[list[Cell]], ratios: list[float]) -> list[str]:
     return markdown_table(["criterion", "setting"] + [f"{r:g}" for r in ratios], lines)
 
 
-def format_table_b(table: list[list[Cell]]) -> list[str]:
+def format_table_b(table: list[list[Cell]], targets: tuple[float, ...] = MACS_TARGETS) -> list[str]:
     lines = [[f"{row[0].criterion}, {row[0].setting}"]
              + [accuracy_text(c) + (f" (MACs {c.macs:.3f})" if c.macs is not None else "") for c in row]
              for row in table]
-    return markdown_table(["criterion, setting"] + [f"MACs target {t:g}" for t in MACS_TARGETS], lines)
+    return markdown_table(["criterion, setting"] + [f"MACs target {t:g}" for t in targets], lines)
 
 
 def row_cells(table: list[list[Cell]], criterion: str, setting: str) -> dict[float, Cell] | None:
@@ -475,6 +490,9 @@ def markdown(results: list[dict], args: argparse.Namespace, elapsed: float, sent
         out += format_table_a(result["table_a"], args.ratios) + [""]
         if result["table_b"]:
             out += ["Table B: MACs targets, global scope", ""] + format_table_b(result["table_b"]) + [""]
+        if result.get("table_c"):
+            out += [f"Table C: every kind ({', '.join(EVERY_KIND)}), MACs targets, global scope", ""] \
+                + format_table_b(result["table_c"], EQUAL_MACS) + [""]
         partial = kept_whole(result)
         out += ["Groups kept whole by a criterion that pruned others:", ""] + partial + [""] if partial else []
     if results:
@@ -486,7 +504,7 @@ def markdown(results: list[dict], args: argparse.Namespace, elapsed: float, sent
                 f">= {CHECK_FROM:g}", ""] + \
             [check_line(r, "data-free", ("no data", "no data, no correction")) for r in results] + [""]
     out += format_sentence(sentence) if sentence else []
-    errors = [c.error for r in results for table in ("table_a", "table_b") for row in r[table] for c in row if c.error]
+    errors = [c.error for r in results for table in TABLES for row in r.get(table, []) for c in row if c.error]
     out += ["## Errors", ""] + [f"- `{e}`" for e in errors] + [""] if errors else []
     return "\n".join(out)
 
@@ -527,7 +545,7 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-    as_json = [{**r, **{t: [[asdict(c) for c in row] for row in r[t]] for t in ("table_a", "table_b")}}
+    as_json = [{**r, **{t: [[asdict(c) for c in row] for row in r[t]] for t in TABLES}}
                for r in results]
     summary = {"elapsed_s": elapsed, "results": as_json, "sentence": sentence}
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
