@@ -51,8 +51,9 @@ def prune_once(loaded: Loaded, plan: Plan, calibration: Calibration | None, veri
     reference = output_moments(graph, corrected, calibration, ir_version, budget) if corrected else {}
     removed = prune_in_order(graph, scored, counts, scores, plan.scoring, calibration, ir_version, budget)
     if corrected:
-        correct_statistics(graph, corrected, reference, _removed_outputs(analysis, removed, corrected),
-                           calibration, ir_version, budget, _removed_positions(analysis, removed))
+        positions = _removed_positions(analysis, removed)
+        correct_statistics(graph, corrected, reference, _removed_outputs(positions, corrected),
+                           calibration, ir_version, budget, positions)
     exact = all(g.exact for g in scored if removed.get(g.id))
     masked = zeroed_model(graph, loaded.model) if verify and exact and not loaded.external and removed else None
     rewrite(analysis, removed)
@@ -88,10 +89,10 @@ def _corrected_layers(graph: gs.Graph, groups: list[Group], counts: dict[int, in
     return list(layers.values())
 
 
-def _removed_outputs(analysis: Analysis, removed: dict[int, list[int]],
+def _removed_outputs(positions: dict[tuple[str, int], set[int]],
                      layers: list[LinearLayer]) -> dict[str, set[int]]:
-    """Per layer: output positions removed by the groups its weight makes."""
-    positions = _removed_positions(analysis, removed)
+    """Per layer: the output positions removed from its weight (`positions`: every removed
+    position, by (initializer, axis))."""
     return {layer.node.name: positions.get((layer.weight.name, layer.weight_output_axis), set())
             for layer in layers}
 

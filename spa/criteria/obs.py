@@ -208,7 +208,7 @@ class _Eliminated:
     O(n²) (the same Schur complements `_eliminate` computes, in factored form). The
     diagonal blocks of the channels, all that the costs read, are kept up to date."""
 
-    def __init__(self, inverse: np.ndarray, blocks: list[np.ndarray], count: int) -> None:
+    def __init__(self, inverse: Inverse, blocks: list[np.ndarray], count: int) -> None:
         self.start = inverse
         widest = sorted((len(b) for b in blocks), reverse=True)[:count]
         low_rank = inverse.factor.T if isinstance(inverse, LowRankInverse) else np.zeros((len(inverse), 0))
