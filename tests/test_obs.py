@@ -136,6 +136,10 @@ def test_dead_channel():
     assert_removed_zero(other, [3])
     assert greedy_gains([make_layer(x, w0, 1)])[3] == 0.0
     assert 3 in greedy_keep([make_layer(x, w0, 1)], 5)
+    x[4] = 0.0  # a second dead input, kept while the first goes: its weights stay as they were
+    layer = make_layer(x, w0, 1)
+    assert obs_prune([layer], 1) == [3]
+    np.testing.assert_array_equal(layer.weight[:, 4], w0[:, 4])
 
 
 def test_constant_channel_absorbed_by_bias():
@@ -326,8 +330,27 @@ def test_hessian_keeps_its_rows_only_while_they_are_few():
     values = np.random.default_rng(5).standard_normal((8, 3, 40)).astype(np.float32)  # 24 rows of 40 features
     accumulator(values[:4])
     np.testing.assert_allclose(accumulator.rows.T @ accumulator.rows, accumulator.matrix, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(accumulator.diagonal, np.diag(accumulator.matrix), rtol=1e-12)
     accumulator(values[4:])  # 24 rows > 40 / 2: no longer low rank enough
     assert accumulator.rows is None
+    every = values.reshape(-1, 40).astype(np.float64)
+    np.testing.assert_allclose(accumulator.matrix, every.T @ every, rtol=1e-5, atol=1e-4)  # the kept rows count too
+    np.testing.assert_allclose(accumulator.diagonal, np.diag(every.T @ every), rtol=1e-5)
+
+
+def test_obs_from_the_diagonal_and_inverse_alone_equals_obs_from_the_hessian():
+    """Where H is kept as rows, obs gets only its factored inverse and diagonal (H = None)."""
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((10, 36))
+    rows[:, 5] = 0.0  # a dead input: the diagonal says so
+    hessian, blocks = rows.T @ rows, [np.arange(c * 3, (c + 1) * 3) for c in range(12)]
+    weight = rng.standard_normal((4, 36))
+    inverse = inverse_hessian(None, 0.01, rows)
+    layers = [Layer(weight.copy(), hessian, blocks, inverse),
+              Layer(weight.copy(), None, blocks, inverse, np.diag(hessian).copy())]
+    np.testing.assert_allclose(obs_costs(layers[:1]), obs_costs(layers[1:]), rtol=1e-12)
+    assert obs_prune(layers[:1], 5) == obs_prune(layers[1:], 5)
+    np.testing.assert_array_equal(layers[0].weight, layers[1].weight)
 
 
 @pytest.mark.parametrize("n", [1, 7, 1100])  # 1100: more than two blocks of rows mirrored

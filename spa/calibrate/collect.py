@@ -53,8 +53,9 @@ class Hessian:
     far from 1 (1e30) neither overflow nor lose precision in float32.
 
     While there are at most half as many rows as features (a wide layer late in a CNN, or
-    few samples), the rows themselves are kept too (`rows`): H then has low rank, and its
-    damped inverse costs far less through them (spa.criteria.obs.inverse_hessian)."""
+    few samples), the rows themselves are kept instead (`rows`): H then has low rank, and its
+    damped inverse costs far less through them (spa.criteria.obs.inverse_hessian), which
+    needs only H's diagonal. The n x n matrix is then formed only where `matrix` is asked for."""
 
     def __init__(self, features: Callable[[np.ndarray], np.ndarray]) -> None:
         self.features = features
@@ -63,12 +64,17 @@ class Hessian:
         self._sum: np.ndarray | None = None
         self._pending: list[np.ndarray] = []
         self._pending_max = 0.0  # largest |value| in the pending rows
-        self._kept: list[np.ndarray] | None = []
+        self._kept: list[np.ndarray] | None = []  # the rows while H has low rank (None past it)
+        self._of_rows: np.ndarray | None = None  # H formed from the kept rows, once asked for
 
     @property
     def matrix(self) -> np.ndarray | None:
         self._flush()
-        return self._sum
+        if self._kept is None:
+            return self._sum
+        if self._of_rows is None and self._kept:
+            self._of_rows = _gram(np.concatenate(self._kept))
+        return self._of_rows
 
     @property
     def rows(self) -> np.ndarray | None:
@@ -76,7 +82,16 @@ class Hessian:
         self._flush()
         return np.concatenate(self._kept) if self._kept else None
 
+    @property
+    def diagonal(self) -> np.ndarray | None:
+        """The diagonal of H, without forming H where it is kept as rows."""
+        self._flush()
+        if self._kept is None:
+            return None if self._sum is None else np.diag(self._sum).copy()
+        return np.einsum("ij,ij->j", rows, rows) if (rows := self.rows) is not None else None
+
     def __call__(self, values: np.ndarray) -> None:
+        self._of_rows = None
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32, copy=False)
             self._pending.append(rows.copy() if np.shares_memory(rows, chunk) else rows)  # scaled in place later
@@ -92,13 +107,15 @@ class Hessian:
         scale = 2.0 ** np.floor(np.log2(max(self._pending_max, 1e-30)))
         self._pending_max = 0.0
         from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
+        if self._kept is not None and 2 * self.count <= pieces[0].shape[1]:  # low rank still: rows only
+            self._kept.extend(rows.astype(np.float64) for rows in pieces)
+            return
+        if self._kept:  # past low rank: the rows kept so far join the sum
+            self._sum = _gram(np.concatenate(self._kept))
+        self._kept = self._of_rows = None
         product = None
         for rows in pieces:
             rows *= np.float32(1 / scale)  # a power of two: exact
-            if self._kept is not None and 2 * self.count <= rows.shape[1]:
-                self._kept.append(rows.astype(np.float64) * scale)
-            else:
-                self._kept = None
             # XᵀX by BLAS's symmetric rank-k update: half a matrix product's work, added in
             # place (the Fortran-order n x n sum gets only its upper triangle, its lower in C order)
             product = blas.ssyrk(1.0, rows.T, beta=1.0, c=product, overwrite_c=1) if product is not None \
@@ -113,6 +130,14 @@ class Hessian:
             self._sum += product  # cast while adding: no float64 copy of an n x n matrix
         else:
             self._sum += product.astype(np.float64) * scale ** 2
+
+
+def _gram(rows: np.ndarray) -> np.ndarray:
+    """XᵀX of float64 rows, by BLAS's symmetric rank-k update (C order, both triangles)."""
+    from scipy.linalg import blas
+    product = blas.dsyrk(1.0, rows.T).T  # C order, lower triangle filled
+    mirror_lower(product)
+    return product
 
 
 MIRROR_ROWS = 512  # rows copied at a time: no n x n index arrays or temporaries

@@ -88,11 +88,13 @@ class Reconstruction(Criterion):
     needs_data = True
     compensates = True
     statistic = "hessian"
+    needs_matrix = True  # the Hessian itself, not only its inverse and diagonal
 
     def remove(self, group: Group, count: int, layers: list, measured: dict, scores: np.ndarray,
                damping: float, gone: dict) -> list[int]:
         merged = _merge_by_node(layers)
-        problems = [_problem(layer, measured[layer.node.name], columns, gone, damping) for layer, columns in merged]
+        problems = [_problem(layer, measured[layer.node.name], columns, gone, damping, self.needs_matrix)
+                    for layer, columns in merged]
         channels = self.pick(group, count, problems, damping)
         for (layer, _), problem in zip(merged, problems):
             layer.set_matrix(problem.weight)
@@ -105,9 +107,10 @@ class Reconstruction(Criterion):
 @register
 class Obs(Reconstruction):
     name = "obs"
+    needs_matrix = False
 
     def layer_scores(self, layer: LinearLayer, member: Member, measured, damping: float) -> np.ndarray:
-        problem = obs.Layer(layer.matrix(), measured.matrix, layer.columns(member), inverse(measured, damping))
+        problem = obs.Layer(layer.matrix(), None, layer.columns(member), inverse(measured, damping), measured.diagonal)
         return obs.obs_costs([problem], damping)
 
     def pick(self, group: Group, count: int, problems: list, damping: float) -> list[int]:
@@ -126,35 +129,45 @@ class Greedy(Reconstruction):
         return obs.greedy_keep(problems, keep, keep_rule(group, group.size - keep), damping)
 
 
-def inverse(hessian: Hessian, damping: float) -> np.ndarray:
+def inverse(hessian: Hessian, damping: float) -> obs.Inverse:
     """A layer's damped inverse Hessian, computed once per measurement: obs scores a group
-    and then removes its channels with the same one."""
+    and then removes its channels with the same one. From the rows where H has low rank."""
     key = ("inverse", damping)
     if key not in hessian.derived:
-        hessian.derived[key] = obs.inverse_hessian(hessian.matrix, damping, hessian.rows)
+        rows = hessian.rows if damping > 0 else None
+        hessian.derived[key] = obs.inverse_hessian(hessian.matrix if rows is None else None, damping, rows)
     return hessian.derived[key]
 
 
-def _problem(layer: LinearLayer, hessian: Hessian, columns: list[np.ndarray], gone: dict, damping: float) -> obs.Layer:
+def _problem(layer: LinearLayer, hessian: Hessian, columns: list[np.ndarray], gone: dict, damping: float,
+             needs_matrix: bool) -> obs.Layer:
     """One consumer layer as an OBS problem; the inverse is shared with scoring unless
-    channels removed upstream changed the Hessian."""
-    matrix = _without_gone(layer, hessian.matrix, gone)
-    known = inverse(hessian, damping) if matrix is hessian.matrix and ("inverse", damping) in hessian.derived else None
-    return obs.Layer(layer.matrix(), matrix, columns, known)
+    channels removed upstream changed the Hessian. Inputs of channels removed upstream are
+    made dead: their input may still be nonzero (a Sigmoid of a zeroed channel is 0.5), but
+    their columns are cut, so compensation must not put weight on them. Where only the
+    inverse and the diagonal are needed (obs) and H is kept as rows, H is never formed."""
+    weight = layer.matrix()
+    cut = _cut_columns(layer, gone)
+    rows = hessian.rows if not needs_matrix and damping > 0 else None
+    if not cut.size:
+        if needs_matrix:
+            return obs.Layer(weight, hessian.matrix, columns)
+        return obs.Layer(weight, None, columns, inverse(hessian, damping), hessian.diagonal)
+    if rows is not None:
+        rows = rows.copy()
+        rows[:, cut] = 0.0
+        return obs.Layer(weight, None, columns, obs.inverse_hessian(None, damping, rows),
+                         np.einsum("ij,ij->j", rows, rows))
+    matrix = hessian.matrix.copy()
+    matrix[cut, :] = 0.0
+    matrix[:, cut] = 0.0
+    return obs.Layer(weight, matrix, columns)
 
 
-def _without_gone(layer: LinearLayer, hessian: np.ndarray, gone: dict[tuple[str, int], set[int]]) -> np.ndarray:
-    """The Hessian with the inputs of channels removed upstream made dead: their input may
-    still be nonzero (a Sigmoid of a zeroed channel is 0.5), but their columns are cut, so
-    compensation must not put weight on them."""
+def _cut_columns(layer: LinearLayer, gone: dict[tuple[str, int], set[int]]) -> np.ndarray:
+    """The layer's matrix columns of its input positions removed upstream."""
     positions = sorted(gone.get((layer.weight.name, layer.weight_input_axis), ()))
-    if not positions:
-        return hessian
-    columns = layer.position_columns(positions)
-    hessian = hessian.copy()
-    hessian[columns, :] = 0.0
-    hessian[:, columns] = 0.0
-    return hessian
+    return layer.position_columns(positions) if positions else np.zeros(0, dtype=np.intp)
 
 
 def _merge_by_node(layers: list[tuple[LinearLayer, Member]]) -> list[tuple[LinearLayer, list[np.ndarray]]]:

@@ -59,12 +59,17 @@ RIDGE = 1e-9       # greedy_keep's guard on R_qq, relative to mean(diag H)
 @dataclass
 class Layer:
     weight: np.ndarray        # [out, n] float64, updated in place by pruning
-    hessian: np.ndarray       # [n, n] float64, raw X X^T (damping is applied by the functions)
+    hessian: np.ndarray | None  # [n, n] float64, raw X X^T (damping is applied by the functions)
     blocks: list[np.ndarray]  # per channel: the column indices it owns
     inverse: Inverse | None = None  # inverse_hessian(hessian, damping), if already computed (read only)
+    diagonal: np.ndarray | None = None  # diag(H): with `inverse`, all OBS needs (hessian may then be None)
 
     def inverse_hessian(self, damping: float) -> Inverse:
         return self.inverse if self.inverse is not None else inverse_hessian(self.hessian, damping)
+
+    def dead(self) -> np.ndarray:
+        """Inputs that are 0 on every calibration row."""
+        return (self.diagonal if self.diagonal is not None else np.diag(self.hessian)) <= 0
 
 
 def damped(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
@@ -79,13 +84,13 @@ def damped(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
     return h
 
 
-def inverse_hessian(hessian: np.ndarray, damping: float = DEFAULT_DAMPING,
+def inverse_hessian(hessian: np.ndarray | None, damping: float = DEFAULT_DAMPING,
                     rows: np.ndarray | None = None) -> Inverse:
     """Inverse of damped(H) via Cholesky, raising the damping tenfold while Cholesky fails.
     Given the rows X of H = XᵀX, fewer than the columns, by the Woodbury identity instead,
-    kept factored (LowRankInverse)."""
+    kept factored (LowRankInverse); H itself is then not needed (None)."""
     if rows is not None and damping > 0:
-        return _low_rank_inverse(hessian, rows, damping)
+        return _low_rank_inverse(rows, damping)
     tried = []
     for _ in range(RETRIES + 1):
         inverse = _positive_definite_inverse(damped(hessian, damping))
@@ -114,12 +119,12 @@ def _positive_definite_inverse(matrix: np.ndarray) -> np.ndarray | None:
     return inverse.T  # C order again (symmetric)
 
 
-def _low_rank_inverse(hessian: np.ndarray, rows: np.ndarray, damping: float) -> LowRankInverse:
+def _low_rank_inverse(rows: np.ndarray, damping: float) -> LowRankInverse:
     """damped(H)⁻¹ for H = XᵀX with X [r, n], r < n: damped(H) = E + XᵀX with E diagonal
     (damping, and 1 for dead inputs), so its inverse is E⁻¹ - Yᵀ(I + X Yᵀ)⁻¹Y with
     Y = X E⁻¹: an r x r Cholesky and an r x n factor, never an n x n matrix."""
-    diag = np.diag(hessian).copy()
-    dead = _dead(hessian)
+    diag = np.einsum("ij,ij->j", rows, rows)  # diag(H)
+    dead = diag <= 0
     diag[dead] = 1.0
     extra = dead + damping * diag.mean()  # E: what damped() adds to the diagonal of H
     scaled = rows / extra  # Y
@@ -187,17 +192,24 @@ def obs_prune(layers: list[Layer], count: int,
     total = _channel_count(layers)
     inverses = [_Eliminated(layer.inverse_hessian(damping), layer.blocks, count) for layer in layers]
     per_step = math.ceil(count / max(max_steps, 1)) if count > 0 else 0
+    # dead inputs are decoupled from the rest in H⁻¹, so their weights take no part in any
+    # update of the others: held at 0 meanwhile, costs read the weight as the data sees it
+    dead = [layer.dead() for layer in layers]
+    held = [layer.weight[:, mask].copy() for layer, mask in zip(layers, dead)]
+    for layer, mask in zip(layers, dead):
+        layer.weight[:, mask] = 0.0
     removed: set[int] = set()
     while len(removed) < min(count, total):
         candidates = [c for c in range(total) if c not in removed]
-        costs = 0.5 * sum(inverse.costs(_live_weight(layer), candidates) for layer, inverse in zip(layers, inverses))
+        costs = 0.5 * sum(inverse.costs(layer.weight, candidates) for layer, inverse in zip(layers, inverses))
         picked = _pick(candidates, costs, min(per_step, count - len(removed)), removed, eligible)
         if not picked:
             break
         for layer, inverse in zip(layers, inverses):
             inverse.eliminate(layer.weight, _columns(layer.blocks, picked))
         removed.update(picked)
-    for layer in layers:
+    for layer, mask, values in zip(layers, dead, held):
+        layer.weight[:, mask] = values
         layer.weight[:, _columns(layer.blocks, sorted(removed))] = 0.0
     return sorted(removed)
 
@@ -375,6 +387,8 @@ def _quad(weight: np.ndarray, mat: np.ndarray, blocks: list[np.ndarray], channel
 
 def _traces(weight: np.ndarray, index: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """tr(W_q B⁻¹ W_qᵀ) for each row q of `index` [m, k] and its block B of `blocks` [m, k, k]."""
+    if index.shape[1] == 1:  # one column per channel (a 1x1 conv, a Gemm): W_qᵀW_q / B
+        return np.square(np.take(weight, index[:, 0], axis=1)).sum(axis=0) / blocks[:, 0, 0]
     w_q = np.take(weight, index, axis=1).transpose(1, 2, 0)  # [m, k, out]; take: faster than weight[:, idx]
     gram = w_q @ w_q.transpose(0, 2, 1)
     return np.trace(np.linalg.solve(blocks, gram), axis1=1, axis2=2)
@@ -404,7 +418,7 @@ def _dead(hessian: np.ndarray) -> np.ndarray:
 
 def _live_weight(layer: Layer) -> np.ndarray:
     """The weight as seen by the data: columns of dead inputs cannot matter, so they count as 0."""
-    dead = _dead(layer.hessian)
+    dead = layer.dead()
     if not dead.any():
         return layer.weight
     weight = layer.weight.copy()

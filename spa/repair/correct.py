@@ -25,16 +25,35 @@ from spa.progress import progress
 
 RATIO_LIMITS = (0.1, 10.0)
 ROUNDING = 1e-5  # a std below this share of the layer's largest mean is float32 rounding, not spread
+CHUNK_LAYERS = 16  # layers whose reference statistics one segment measures
+CHUNK_BYTES = 64 << 20  # and the most bytes of their weights
 
 
 def output_moments(graph: gs.Graph, layers: list[LinearLayer], calibration: Calibration, ir_version: int,
                    budget: int = DEFAULT_BUDGET) -> dict[str, Moments]:
-    """Per layer (by node name): mean and variance of each output channel."""
+    """Per layer (by node name): mean and variance of each output channel. Nothing changes
+    the graph meanwhile, so consecutive layers are measured together, one segment (one
+    onnxruntime session) per chunk of them."""
     moments = {layer.node.name: Moments(layer.channel_axis) for layer in layers}
     with Frontier(graph, calibration, ir_version, budget=budget) as frontier:
-        for layer in progress(in_graph_order(graph, layers), "output statistics"):
-            frontier.measure({layer.output.name: [moments[layer.node.name]]})
+        for chunk in progress(_chunks(in_graph_order(graph, layers)), "output statistics"):
+            frontier.measure({layer.output.name: [moments[layer.node.name]] for layer in chunk})
     return moments
+
+
+def _chunks(layers: list[LinearLayer]) -> list[list[LinearLayer]]:
+    """Consecutive layers, at most CHUNK_LAYERS, or CHUNK_BYTES of weights (a segment holds
+    its layers' weights, and a run returns every layer's output at once)."""
+    chunks: list[list[LinearLayer]] = []
+    size = 0
+    for layer in layers:
+        weight_bytes = int(np.prod(layer.weight.shape)) * 4
+        if not chunks or len(chunks[-1]) == CHUNK_LAYERS or size + weight_bytes > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(layer)
+        size += weight_bytes
+    return chunks
 
 
 def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: dict[str, Moments],
