@@ -153,7 +153,7 @@ class Frontier:
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         mask_in_model(model, norm_masks(nodes, self.removed))
         weights = _external_weights_as_inputs(model, self.tensors)
-        runner = session(model)
+        runner = session(model, spinning=False)  # numpy works between runs: idle spinning threads would take its cores
         del model
         for index in range(self.batch_count):
             feeds = {name: np.asarray(self.kept.get(name, index)) for name in inputs} | weights
