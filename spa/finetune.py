@@ -8,7 +8,8 @@ Nothing else in spa imports this module, and it imports torch only when called.
   weight is a trainable parameter: besides the Conv/Gemm/BatchNorm weights the converter puts in
   layers, the weights ONNX ops read directly (MatMul weights, LayerNorm scales, position
   embeddings, embedding tables) become parameters too. BatchNorm trains with batch statistics in
-  `module.train()`, as in the original framework.
+  `module.train()`, as in the original framework, and updates its running statistics with the
+  graph's momentum read as ONNX means it (the weight of the old statistic: 0.9 is torch's 0.1).
 - `max_difference(module, model, inputs)` / `check_equal(...)`: the module's outputs against
   onnxruntime's on the same inputs.
 - `export_onnx(module, path)`: the trained module's weights written into the initializers of the
@@ -151,6 +152,7 @@ def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = Tru
     converted = onnx.ModelProto()
     converted.CopyFrom(convertible)  # the converter edits the graph it is given (fuses MatMul + Add)
     module = onnx2pytorch.ConvertModel(converted, experimental=True)
+    _onnx_momentum(module)
     arrays = {t.name: numpy_helper.to_array(t) for t in convertible.graph.initializer}
     reads = _root_reads(module)
     if train_constants:
@@ -162,6 +164,21 @@ def to_torch(model: str | Path | onnx.ModelProto, *, train_constants: bool = Tru
     module.spa_graph = convertible  # for export_onnx: the graph the module computes, weights by name
     module.spa_sources = _sources(module, convertible)
     return module.eval()
+
+
+def _onnx_momentum(module: "torch.nn.Module") -> None:
+    """BatchNorm's running statistics updated as ONNX (and the exporting framework) means them.
+    ONNX's momentum weighs the old statistic, running * momentum + batch * (1 - momentum), torch's
+    the new one, running * (1 - momentum) + batch * momentum: onnx2pytorch hands the attribute over
+    as it is, so torch's exporter's 0.9 (torch's 0.1) became 0.9 in torch, and after training the
+    running statistics were those of the last batch or two, not an average over the epoch."""
+    from onnx2pytorch.operations import BatchNormWrapper
+
+    for node in module.onnx_model.graph.node:
+        op = getattr(module, module.mapping[node.output[0]], None)
+        if node.op_type == "BatchNormalization" and isinstance(op, BatchNormWrapper):
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            op.bnu.momentum = 1.0 - float(attributes.get("momentum", 0.9))
 
 
 def _outputs(module: "torch.nn.Module", model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -123,6 +123,43 @@ print(json.dumps({{"dense": dense, "pruned": pruned, "identities": identities,
     assert result["round_trip"] <= ATOL, result  # each BatchNorm trained its own merged parameters
 
 
+@pytest.mark.finetune
+def test_batchnorm_running_statistics_follow_the_onnx_momentum(finetune_python):
+    """ONNX's BatchNormalization momentum weighs the old running statistic (torch's exporter writes
+    0.9 for torch's 0.1): one training-mode batch moves each running mean a tenth of the way to the
+    batch's mean, as in the framework the model came from, not nine tenths (onnx2pytorch passes the
+    attribute to torch unchanged, and the eval-mode statistics after fine-tuning were those of the
+    last batch or two)."""
+    script = f"""
+import json, warnings
+warnings.filterwarnings("ignore")
+import numpy as np, onnx, torch
+from onnx2pytorch.operations import BatchNormWrapper
+from spa.finetune import to_torch
+model = onnx.load({str(TRAINED / 'digits_resnet_bn.onnx')!r})
+momentum = [a.f for n in model.graph.node if n.op_type == "BatchNormalization" for a in n.attribute
+            if a.name == "momentum"]
+module = to_torch(model)
+wrappers = [m for m in module.modules() if isinstance(m, BatchNormWrapper)]
+norms = [m.bnu for m in wrappers]
+seen, before = {{}}, [n.running_mean.clone() for n in norms]
+for index, wrapper in enumerate(wrappers):  # the wrapper calls its norm's forward, past the norm's hooks
+    wrapper.register_forward_pre_hook(lambda m, args, index=index: seen.__setitem__(index, args[0].detach().mean((0, 2, 3))))
+module.train()
+with torch.no_grad():
+    module(torch.from_numpy(np.load({str(TRAINED / 'digits_data.npz')!r})["calib_x"][:64]))
+errors = [float((n.running_mean - (m * b + (1 - m) * seen[i])).abs().max())
+          for i, (n, b, m) in enumerate(zip(norms, before, momentum))]
+moved = [float((n.running_mean - b).abs().max()) for n, b in zip(norms, before)]
+print(json.dumps({{"momentum": sorted(set(momentum)), "norms": len(norms), "error": max(errors), "moved": min(moved)}}))
+"""
+    done = _run([finetune_python, "-c", script], env=_env())
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["momentum"] == [pytest.approx(0.9)] and result["norms"] > 0, result
+    assert result["moved"] > 0, result  # the batch updated every running mean
+    assert result["error"] <= 1e-5, result  # by ONNX's rule: 0.9 * old + 0.1 * batch
+
+
 def test_without_torch_spa_finetune_imports_and_fails_in_one_line():
     """torch and onnx2pytorch hidden (None in sys.modules makes their import fail): importing
     spa.finetune still works, and using it raises one line naming the extra; spa never imports torch."""
