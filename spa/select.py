@@ -101,12 +101,26 @@ def _unit(group: Group, round_to: int) -> int:
     return round_to // math.gcd(round_to, group.width)  # a head of width 64 is 64 columns already
 
 
+def _segment_unit(group: Group, round_to: int) -> int:
+    """A grouped conv's group keeps the same number of channels in every segment, in steps of
+    this: the kept total stays a multiple of the group's rounding unit, and with --round-to
+    auto a segment that is a whole number of NCHWc blocks stays one (onnxruntime's blocked
+    grouped-conv kernel needs per-group widths in multiples of the block; off it, a grouped
+    conv runs 1.3-2.4x slower per MAC than at its base width, 1.0-1.4x on it:
+    tools/bench_widths.py --ops grouped3x3)."""
+    unit = _unit(group, round_to)
+    per_segment = unit // math.gcd(unit, len(group.segments))
+    if round_to == ROUND_AUTO and group.touch_ops & CONV_OPS and len(group.segments[0]) % block_size() == 0:
+        return block_size()
+    return per_segment
+
+
 def _local_count(group: Group, ratio: float, selection: Selection) -> int:
     round_to = _unit(group, selection.round_to)
     if group.segments is None:
         return group.size - kept_count(group.size, ratio, round_to, selection.min_keep)
     parts = len(group.segments)
-    unit = round_to // math.gcd(round_to, parts)  # kept per segment, so the total is a multiple
+    unit = _segment_unit(group, selection.round_to)  # kept per segment
     per_segment = len(group.segments[0])
     keep = kept_count(per_segment, ratio, unit, math.ceil(selection.min_keep / parts))
     return (per_segment - keep) * parts
@@ -155,8 +169,7 @@ def _allowed_removals(group: Group, selection: Selection) -> list[int]:
     rounding unit (per segment for a grouped conv), at least `min_keep` and 1 - `max_ratio`."""
     parts = len(group.segments) if group.segments is not None else 1
     per_segment = group.size // parts
-    round_to = _unit(group, selection.round_to)
-    unit = round_to // math.gcd(round_to, parts)
+    unit = _segment_unit(group, selection.round_to) if group.segments is not None else _unit(group, selection.round_to)
     must_keep = max(selection.min_keep, math.ceil(group.size * (1 - selection.max_ratio) - 1e-9), 1)
     lowest = math.ceil(must_keep / parts)
     widest = (per_segment - 1) // unit * unit  # the widest rounded width below the full one

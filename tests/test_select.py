@@ -118,3 +118,29 @@ def test_global_cuts_of_all_groups_in_score_order_and_each_group_in_its_own():
     cuts = ranked_cuts(groups, scores, Selection(0.5, "global", round_to=4, max_ratio=1.0))
     assert [(cut.gid, cut.removed) for cut in cuts] == [(0, 4), (1, 4)]  # group 0's first 4: 1, 1, 1, 5
     assert [cut.score for cut in cuts] == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("per_segment, segments, kept_steps", [
+    (32, 2, 16),   # two groups of 32 (two NCHWc blocks each): a group keeps whole blocks
+    (64, 4, 16),
+    (8, 4, 4),     # RegNet-like groups of 8, under a block: only the total is rounded (16 / gcd(16, 4))
+    (12, 4, 4),    # 48 channels in 4 groups of 12: 16 / gcd(16, 4) = 4 per group
+])
+def test_auto_rounding_keeps_a_grouped_convs_groups_in_whole_blocks(monkeypatch, per_segment, segments, kept_steps):
+    """--round-to auto on a grouped conv's group: every segment keeps the same count, a
+    multiple of the NCHWc block where the segments were whole blocks (onnxruntime's blocked
+    grouped-conv kernel needs that), else what keeps the total a multiple of the block."""
+    import numpy as np
+
+    import spa.select as select
+    from spa.select import ROUND_AUTO, Selection, removal_counts
+    monkeypatch.setattr(select, "block_size", lambda: 16)
+    size = per_segment * segments
+    group = _group(0, size, 1)
+    group.segments = [list(range(k * per_segment, (k + 1) * per_segment)) for k in range(segments)]
+    group.touch_ops = {"Conv"}
+    allowed = {size - removed for removed in select._allowed_removals(group, Selection(0.5, round_to=ROUND_AUTO))}
+    assert allowed and all(kept % (kept_steps * segments) == 0 for kept in allowed)
+    assert min(kept // segments for kept in allowed) == kept_steps
+    removed = removal_counts([group], {0: np.arange(size, dtype=float)}, Selection(0.4, round_to=ROUND_AUTO))[0]
+    assert (size - removed) // segments % kept_steps == 0

@@ -11,7 +11,10 @@ i.e. 1.00 = as fast per MAC as the unpruned base width, 1.25 = 25% slower than t
 linear MAC expectation. It ends by recommending the smallest --round-to N whose
 multiples get within a tolerance of the best per-MAC efficiency of any N.
 
-Usage: python tools/bench_widths.py [--rounds 50] [--tolerance 0.05]
+A grouped conv's alignment is that of its per-group width (the "align" column and the
+round-to classes count channels per group for grouped3x3).
+
+Usage: python tools/bench_widths.py [--rounds 50] [--tolerance 0.05] [--ops grouped3x3 ...]
 """
 
 from __future__ import annotations
@@ -80,6 +83,21 @@ def depthwise_stack(width: int, side: int) -> onnx.ModelProto:
     return _model(nodes, shape, current, shape, initializers)
 
 
+def grouped_stack(width: int, side: int) -> onnx.ModelProto:
+    """LAYERS x (grouped Conv 3x3 in GROUPS groups, same padding, + Relu): a ResNeXt or
+    RegNet block's middle. Pruning keeps the groups equal, so widths step by GROUPS."""
+    rng = np.random.default_rng(width)
+    nodes, initializers, current = [], [], "x"
+    for layer in range(LAYERS):
+        per_group = width // GROUPS
+        initializers.append(_weight(f"w{layer}", (width, per_group, 3, 3), per_group * 9, rng))
+        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=[1] * 4, group=GROUPS))
+        nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
+        current = f"r{layer}"
+    shape = [1, width, side, side]
+    return _model(nodes, shape, current, shape, initializers)
+
+
 def matmul_stack(width: int, side: int) -> onnx.ModelProto:
     """LAYERS x (MatMul width -> width + Relu) on side*side tokens: the Gemm path, same MACs
     as the 1x1 conv."""
@@ -100,13 +118,26 @@ OPS: dict[str, tuple[Callable[[int, int], onnx.ModelProto], int]] = {
     "conv1x1": (lambda width, side: conv_stack(width, side, 1), 1),
     "matmul": (matmul_stack, 1),
     "depthwise3x3": (depthwise_stack, 9),
+    "grouped3x3": (grouped_stack, 9),
 }
 DEPTHWISE = {"depthwise3x3"}  # MACs grow with the width, not its square
+GROUPED = {"grouped3x3"}  # widths step by GROUPS; alignment is the per-group width's
+GROUPS = 2  # per-group widths base/2 - 16 .. base/2: multiples of 16 below the base occur
 
 
 def macs(op: str, width: int, side: int) -> int:
-    per_output = 1 if op in DEPTHWISE else width
+    per_output = 1 if op in DEPTHWISE else width // GROUPS if op in GROUPED else width
     return LAYERS * side * side * width * per_output * OPS[op][1]
+
+
+def offsets(op: str) -> list[int]:
+    """The width offsets from the base an op kind is timed at (bases are multiples of 16)."""
+    return [o for o in OFFSETS if op not in GROUPED or o % GROUPS == 0]
+
+
+def aligned_width(op: str, width: int) -> int:
+    """The channel count the kernels' alignment is about: per group for a grouped conv."""
+    return width // GROUPS if op in GROUPED else width
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -126,7 +157,7 @@ def time_group(
 ) -> dict[int, float]:
     """Median latency in ms of every width around `base`, widths interleaved each round."""
     side = BASE_SPATIAL[base]
-    widths = [base + offset for offset in OFFSETS]
+    widths = [base + offset for offset in offsets(op)]
     sessions = {w: session(OPS[op][0](w, side), threads) for w in widths}
     feeds = {}
     for w, sess in sessions.items():
@@ -159,12 +190,13 @@ def geomean(values: list[float]) -> float:
     return float(np.exp(np.mean(np.log(values))))
 
 
-def class_means(rel: dict[tuple[int, int], dict[int, float]]) -> dict[int, float]:
-    """Per N, geometric mean relative latency of widths that are multiples of N,
-    over all (threads, base) groups; the base widths, 1.0 by definition, are left out."""
+def class_means(op: str, rel: dict[tuple[int, int], dict[int, float]]) -> dict[int, float]:
+    """Per N, geometric mean relative latency of widths that are multiples of N (per group
+    for a grouped conv), over all (threads, base) groups; the base widths, 1.0 by
+    definition, are left out."""
     return {
         n: geomean([r for (_, base), by_width in rel.items() for w, r in by_width.items()
-                    if w % n == 0 and w != base])
+                    if aligned_width(op, w) % n == 0 and w != base])
         for n in CANDIDATE_N
     }
 
@@ -183,11 +215,11 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def op_table(op: str, rel: dict, latency: dict) -> str:
     groups = [(threads, base) for threads in THREADS for base in BASE_SPATIAL]
     header = ["width", "align"] + [f"t{t}:{b}@{BASE_SPATIAL[b]}" for t, b in groups]
-    # Bases are multiples of 16, so base + offset is as aligned as the offset.
+    # Bases are multiples of 32, so the (per-group) width is as aligned at every base as at 64.
     rows = [
-        [f"base{offset:+d}" if offset else "base", f"x{alignment(offset)}"]
+        [f"base{offset:+d}" if offset else "base", f"x{alignment(aligned_width(op, 64 + offset))}"]
         + [f"{rel[group][group[1] + offset]:.2f}" for group in groups]
-        for offset in OFFSETS
+        for offset in offsets(op)
     ]
     rows.append(["base ms", ""] + [f"{latency[group][group[1]]:.3f}" for group in groups])
     return format_table(header, rows)
@@ -218,7 +250,7 @@ def main() -> None:
     for op in ops:
         print(f"\n{op}\n{op_table(op, rel[op], latency[op])}")
 
-    means = {op: class_means(rel[op]) for op in ops}
+    means = {op: class_means(op, rel[op]) for op in ops}
     header = ["round-to N"] + ops
     rows = [[str(n)] + [f"{means[op][n]:.3f}" for op in ops] for n in CANDIDATE_N]
     print("\ngeometric mean latency / MAC expectation of widths that are multiples of N "
