@@ -14,7 +14,10 @@ multiples get within a tolerance of the best per-MAC efficiency of any N.
 A grouped conv's alignment is that of its per-group width (the "align" column and the
 round-to classes count channels per group for grouped3x3).
 
-Usage: python tools/bench_widths.py [--rounds 50] [--tolerance 0.05] [--ops grouped3x3 ...]
+`--attention` times the attention core instead, at 1 to 12 heads of 64: heads are pruned
+whole, so the question there is whether some head counts run slower per MAC.
+
+Usage: python tools/bench_widths.py [--rounds 50] [--tolerance 0.05] [--ops grouped3x3 ...] [--attention]
 """
 
 from __future__ import annotations
@@ -225,12 +228,83 @@ def op_table(op: str, rel: dict, latency: dict) -> str:
     return format_table(header, rows)
 
 
+HEAD_DIM = 64
+HEADS = range(1, 13)
+SEQUENCES = (128, 197)  # a BERT sequence, a ViT-B/16 image's tokens
+
+
+def attention_stack(heads: int, sequence: int) -> onnx.ModelProto:
+    """LAYERS x attention core (softmax(q kᵀ / sqrt(d)) v, q = k = v = the input) over
+    `heads` heads of HEAD_DIM: what pruning heads shrinks besides the projections (MatMul)."""
+    width = heads * HEAD_DIM
+    nodes, initializers, current = [], [], "x"
+    initializers.append(numpy_helper.from_array(np.array([sequence, heads, HEAD_DIM], dtype=np.int64), "split"))
+    initializers.append(numpy_helper.from_array(np.array([sequence, width], dtype=np.int64), "merge"))
+    initializers.append(numpy_helper.from_array(np.array(HEAD_DIM ** -0.5, dtype=np.float32), "scale"))
+    for layer in range(LAYERS):
+        nodes += [
+            helper.make_node("Reshape", [current, "split"], [f"s{layer}"]),
+            helper.make_node("Transpose", [f"s{layer}"], [f"h{layer}"], perm=[1, 0, 2]),  # [heads, seq, dim]
+            helper.make_node("Transpose", [f"s{layer}"], [f"k{layer}"], perm=[1, 2, 0]),  # [heads, dim, seq]
+            helper.make_node("MatMul", [f"h{layer}", f"k{layer}"], [f"q{layer}"]),
+            helper.make_node("Mul", [f"q{layer}", "scale"], [f"m{layer}"]),
+            helper.make_node("Softmax", [f"m{layer}"], [f"p{layer}"], axis=-1),
+            helper.make_node("MatMul", [f"p{layer}", f"h{layer}"], [f"o{layer}"]),
+            helper.make_node("Transpose", [f"o{layer}"], [f"t{layer}"], perm=[1, 0, 2]),
+            helper.make_node("Reshape", [f"t{layer}", "merge"], [f"y{layer}"]),
+        ]
+        current = f"y{layer}"
+    shape = [sequence, width]
+    return _model(nodes, shape, current, shape, initializers)
+
+
+def time_heads(sequence: int, threads: int, rounds: int, rng: np.random.Generator) -> dict[int, float]:
+    """Median latency in ms of the attention stack at every head count, interleaved each round."""
+    sessions = {h: session(attention_stack(h, sequence), threads) for h in HEADS}
+    feeds = {h: {"x": rng.standard_normal((sequence, h * HEAD_DIM)).astype(np.float32)} for h in HEADS}
+    for h, sess in sessions.items():
+        for _ in range(WARMUP):
+            sess.run(None, feeds[h])
+    samples: dict[int, list[float]] = {h: [] for h in HEADS}
+    for _ in range(rounds):
+        for h in rng.permutation(list(HEADS)):
+            start = time.perf_counter()
+            sessions[h].run(None, feeds[h])
+            samples[h].append((time.perf_counter() - start) * 1000.0)
+    return {h: float(np.median(times)) for h, times in samples.items()}
+
+
+def attention_table(rounds: int, rng: np.random.Generator) -> str:
+    """Per head count: latency / (latency at the most heads * heads / most heads) (its MACs,
+    2·seq²·heads·dim, are linear in the heads), per sequence length and thread count."""
+    groups = [(threads, sequence) for threads in THREADS for sequence in SEQUENCES]
+    relative = {}
+    for threads, sequence in groups:
+        print(f"timing attention threads={threads} sequence={sequence}", file=sys.stderr, flush=True)
+        latency = time_heads(sequence, threads, rounds, rng)
+        most = max(HEADS)
+        relative[threads, sequence] = {h: ms / (latency[most] * h / most) for h, ms in latency.items()}
+    header = ["heads"] + [f"t{t}:seq{s}" for t, s in groups]
+    rows = [[str(h)] + [f"{relative[group][h]:.2f}" for group in groups] for h in HEADS]
+    parity = [geomean([relative[g][h] for g in groups for h in HEADS if h % 2 == r and h != max(HEADS)])
+              for r in (0, 1)]
+    return (format_table(header, rows)
+            + f"\ngeometric mean (12 heads excluded): even head counts {parity[0]:.3f}, odd {parity[1]:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50, help="timed runs per width")
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed per-MAC slowdown")
     parser.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS), help="op kinds to time")
+    parser.add_argument("--attention", action="store_true",
+                        help="time the attention core at 1-12 heads of 64 instead (heads are pruned whole)")
     args = parser.parse_args()
+    if args.attention:
+        print(f"onnxruntime {ort.__version__} CPUExecutionProvider, ORT_ENABLE_ALL, {args.rounds} rounds, "
+              f"{LAYERS} layers; cells: latency / (latency(12 heads) * heads / 12)\n")
+        print(attention_table(args.rounds, np.random.default_rng(0)))
+        return
 
     rng = np.random.default_rng(0)
     started = time.perf_counter()
