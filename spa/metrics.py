@@ -85,8 +85,8 @@ def _measured_shapes(model: onnx.ModelProto, names: set[str], feeds: dict[str, n
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     declared = {o.name for o in copy.graph.output}
-    wanted = sorted(names - declared)
-    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in wanted)
+    copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in sorted(names - declared))
+    wanted = sorted(names)  # graph outputs too: their declared shapes may be open
     try:
         values = session(copy).run(wanted, feeds)
     except Exception:  # noqa: BLE001 - measuring is a best effort; unknown stays unknown

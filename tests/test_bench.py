@@ -63,6 +63,24 @@ def test_bench_ratios_match_metrics(result):
     assert result["params_ratio"] == pytest.approx(count_params(narrow) / count_params(wide))
 
 
+def test_bench_counts_macs_where_shape_inference_stops(monkeypatch):
+    """Where inference leaves a conv's shapes unknown (a quantized export's com.microsoft
+    QLinearAdd did, on a real model), its MACs come from the shapes of the timed run; they
+    were skipped, and both models reported the first conv's MACs only (ratio 1.0)."""
+    import spa.metrics
+    inferred = spa.metrics._inferred_shapes
+
+    def stopping_at_the_relu(model, input_shapes):
+        shapes = inferred(model, input_shapes)
+        return {name: shape for name, shape in shapes.items() if name not in ("r0", "c1", "r1", "y")}
+    monkeypatch.setattr(spa.metrics, "_inferred_shapes", stopping_at_the_relu)
+    wide, narrow = conv_net(16), conv_net(8)
+    found = bench(wide, narrow, runs=2, warmup=0, dim_values={"N": 1})
+    monkeypatch.undo()
+    assert found["a"]["macs"] == count_macs(wide, {"N": 1})
+    assert found["macs_ratio"] == pytest.approx(count_macs(narrow, {"N": 1}) / count_macs(wide, {"N": 1}))
+
+
 def test_format_bench_lists_every_row(result):
     text = format_bench(result)
     for label in ("before", "after", "median ms", "params", "MACs", "size bytes", "speedup"):
