@@ -56,45 +56,18 @@ def _weight(name: str, shape: tuple[int, ...], fan_in: int, rng: np.random.Gener
     return numpy_helper.from_array(values.astype(np.float32), name)
 
 
-def conv_stack(width: int, side: int, kernel: int) -> onnx.ModelProto:
-    """LAYERS x (Conv kernel x kernel, width -> width, same padding, + Relu) on a
-    1 x width x side x side input."""
+def conv_stack(width: int, side: int, kernel: int, groups: int = 1) -> onnx.ModelProto:
+    """LAYERS x (Conv kernel x kernel, width -> width in `groups` groups, same padding, + Relu)
+    on a 1 x width x side x side input."""
     rng = np.random.default_rng(width)
     nodes, initializers, current = [], [], "x"
+    per_group = width // groups
+    grouping = {"group": groups} if groups > 1 else {}
     for layer in range(LAYERS):
-        shape = (width, width, kernel, kernel)
-        initializers.append(_weight(f"w{layer}", shape, width * kernel * kernel, rng))
+        shape = (width, per_group, kernel, kernel)
+        initializers.append(_weight(f"w{layer}", shape, per_group * kernel * kernel, rng))
         pads = [kernel // 2] * 4
-        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=pads))
-        nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
-        current = f"r{layer}"
-    shape = [1, width, side, side]
-    return _model(nodes, shape, current, shape, initializers)
-
-
-def depthwise_stack(width: int, side: int) -> onnx.ModelProto:
-    """LAYERS x (depthwise Conv 3x3, group = width, same padding, + Relu): the memory-bound
-    middle of a MobileNet or EfficientNet block."""
-    rng = np.random.default_rng(width)
-    nodes, initializers, current = [], [], "x"
-    for layer in range(LAYERS):
-        initializers.append(_weight(f"w{layer}", (width, 1, 3, 3), 9, rng))
-        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=[1] * 4, group=width))
-        nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
-        current = f"r{layer}"
-    shape = [1, width, side, side]
-    return _model(nodes, shape, current, shape, initializers)
-
-
-def grouped_stack(width: int, side: int) -> onnx.ModelProto:
-    """LAYERS x (grouped Conv 3x3 in GROUPS groups, same padding, + Relu): a ResNeXt or
-    RegNet block's middle. Pruning keeps the groups equal, so widths step by GROUPS."""
-    rng = np.random.default_rng(width)
-    nodes, initializers, current = [], [], "x"
-    for layer in range(LAYERS):
-        per_group = width // GROUPS
-        initializers.append(_weight(f"w{layer}", (width, per_group, 3, 3), per_group * 9, rng))
-        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=[1] * 4, group=GROUPS))
+        nodes.append(helper.make_node("Conv", [current, f"w{layer}"], [f"c{layer}"], pads=pads, **grouping))
         nodes.append(helper.make_node("Relu", [f"c{layer}"], [f"r{layer}"]))
         current = f"r{layer}"
     shape = [1, width, side, side]
@@ -120,8 +93,10 @@ OPS: dict[str, tuple[Callable[[int, int], onnx.ModelProto], int]] = {
     "conv3x3": (lambda width, side: conv_stack(width, side, 3), 9),
     "conv1x1": (lambda width, side: conv_stack(width, side, 1), 1),
     "matmul": (matmul_stack, 1),
-    "depthwise3x3": (depthwise_stack, 9),
-    "grouped3x3": (grouped_stack, 9),
+    # depthwise: the memory-bound middle of a MobileNet or EfficientNet block; grouped: a
+    # ResNeXt or RegNet block's middle (pruning keeps the groups equal: widths step by GROUPS)
+    "depthwise3x3": (lambda width, side: conv_stack(width, side, 3, groups=width), 9),
+    "grouped3x3": (lambda width, side: conv_stack(width, side, 3, groups=GROUPS), 9),
 }
 DEPTHWISE = {"depthwise3x3"}  # MACs grow with the width, not its square
 GROUPED = {"grouped3x3"}  # widths step by GROUPS; alignment is the per-group width's
@@ -155,26 +130,31 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     )
 
 
+def time_models(models: dict[int, onnx.ModelProto], threads: int, rounds: int,
+                rng: np.random.Generator) -> dict[int, float]:
+    """Median latency in ms of each model (one float input), all interleaved each round."""
+    sessions = {key: session(model, threads) for key, model in models.items()}
+    feeds = {}
+    for key, sess in sessions.items():
+        x = sess.get_inputs()[0]
+        feeds[key] = {x.name: rng.standard_normal(x.shape).astype(np.float32)}
+        for _ in range(WARMUP):
+            sess.run(None, feeds[key])
+    samples: dict[int, list[float]] = {key: [] for key in models}
+    for _ in range(rounds):
+        for key in rng.permutation(list(models)):
+            start = time.perf_counter()
+            sessions[key].run(None, feeds[key])
+            samples[key].append((time.perf_counter() - start) * 1000.0)
+    return {key: float(np.median(times)) for key, times in samples.items()}
+
+
 def time_group(
     op: str, base: int, threads: int, rounds: int, rng: np.random.Generator
 ) -> dict[int, float]:
     """Median latency in ms of every width around `base`, widths interleaved each round."""
     side = BASE_SPATIAL[base]
-    widths = [base + offset for offset in offsets(op)]
-    sessions = {w: session(OPS[op][0](w, side), threads) for w in widths}
-    feeds = {}
-    for w, sess in sessions.items():
-        x = sess.get_inputs()[0]
-        feeds[w] = {x.name: rng.standard_normal(x.shape).astype(np.float32)}
-        for _ in range(WARMUP):
-            sess.run(None, feeds[w])
-    samples: dict[int, list[float]] = {w: [] for w in widths}
-    for _ in range(rounds):
-        for w in rng.permutation(widths):
-            start = time.perf_counter()
-            sessions[w].run(None, feeds[w])
-            samples[w].append((time.perf_counter() - start) * 1000.0)
-    return {w: float(np.median(times)) for w, times in samples.items()}
+    return time_models({base + o: OPS[op][0](base + o, side) for o in offsets(op)}, threads, rounds, rng)
 
 
 def relative_latency(op: str, base: int, latency: dict[int, float]) -> dict[int, float]:
@@ -258,22 +238,6 @@ def attention_stack(heads: int, sequence: int) -> onnx.ModelProto:
     return _model(nodes, shape, current, shape, initializers)
 
 
-def time_heads(sequence: int, threads: int, rounds: int, rng: np.random.Generator) -> dict[int, float]:
-    """Median latency in ms of the attention stack at every head count, interleaved each round."""
-    sessions = {h: session(attention_stack(h, sequence), threads) for h in HEADS}
-    feeds = {h: {"x": rng.standard_normal((sequence, h * HEAD_DIM)).astype(np.float32)} for h in HEADS}
-    for h, sess in sessions.items():
-        for _ in range(WARMUP):
-            sess.run(None, feeds[h])
-    samples: dict[int, list[float]] = {h: [] for h in HEADS}
-    for _ in range(rounds):
-        for h in rng.permutation(list(HEADS)):
-            start = time.perf_counter()
-            sessions[h].run(None, feeds[h])
-            samples[h].append((time.perf_counter() - start) * 1000.0)
-    return {h: float(np.median(times)) for h, times in samples.items()}
-
-
 def attention_table(rounds: int, rng: np.random.Generator) -> str:
     """Per head count: latency / (latency at the most heads * heads / most heads) (its MACs,
     2·seq²·heads·dim, are linear in the heads), per sequence length and thread count."""
@@ -281,7 +245,7 @@ def attention_table(rounds: int, rng: np.random.Generator) -> str:
     relative = {}
     for threads, sequence in groups:
         print(f"timing attention threads={threads} sequence={sequence}", file=sys.stderr, flush=True)
-        latency = time_heads(sequence, threads, rounds, rng)
+        latency = time_models({h: attention_stack(h, sequence) for h in HEADS}, threads, rounds, rng)
         most = max(HEADS)
         relative[threads, sequence] = {h: ms / (latency[most] * h / most) for h, ms in latency.items()}
     header = ["heads"] + [f"t{t}:seq{s}" for t, s in groups]
