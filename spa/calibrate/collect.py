@@ -73,14 +73,16 @@ class Hessian:
         if self._kept is None:
             return self._sum
         if self._of_rows is None and self._kept:
-            self._of_rows = _gram(np.concatenate(self._kept))
+            self._of_rows = _gram(self.rows)
         return self._of_rows
 
     @property
     def rows(self) -> np.ndarray | None:
         """X with H = XᵀX (float64), while it has at most half as many rows as columns."""
         self._flush()
-        return np.concatenate(self._kept) if self._kept else None
+        if self._kept and len(self._kept) > 1:
+            self._kept = [np.concatenate(self._kept)]  # once: later reads share it
+        return self._kept[0] if self._kept else None
 
     @property
     def diagonal(self) -> np.ndarray | None:

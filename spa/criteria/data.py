@@ -148,11 +148,11 @@ def _problem(layer: LinearLayer, hessian: Hessian, columns: list[np.ndarray], go
     inverse and the diagonal are needed (obs) and H is kept as rows, H is never formed."""
     weight = layer.matrix()
     cut = _cut_columns(layer, gone)
-    rows = hessian.rows if not needs_matrix and damping > 0 else None
     if not cut.size:
         if needs_matrix:
             return obs.Layer(weight, hessian.matrix, columns)
         return obs.Layer(weight, None, columns, inverse(hessian, damping), hessian.diagonal)
+    rows = hessian.rows if not needs_matrix and damping > 0 else None
     if rows is not None:
         rows = rows.copy()
         rows[:, cut] = 0.0
