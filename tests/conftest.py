@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import spa  # noqa: F401 - before numpy: spa sets OpenBLAS's thread timeout (spa/__init__.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"  # the CNN fixtures; transformers/, trained/ and regression/ below it
 TRANSFORMERS = MODELS / "transformers"

@@ -99,3 +99,15 @@ def test_sdist_builds_with_the_sources(tmp_path):
         info = archive.extractfile(f"{top}/PKG-INFO").read().decode()
     assert {f"{top}/{n}" for n in ("pyproject.toml", "README.md", "spa/cli.py", "spa/__main__.py")} <= names
     assert f"Name: {DISTRIBUTION}\n" in info and f"Version: {_version()}\n" in info
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "4"), ("30", "30")])
+def test_importing_spa_first_puts_openblas_workers_to_sleep_at_once(preset, expected):
+    """spa's import sets OPENBLAS_THREAD_TIMEOUT before numpy loads OpenBLAS (spinning workers
+    of numpy's, scipy's and onnxruntime's pools take each other's cores), and keeps a user's value."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import spa, numpy, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == expected

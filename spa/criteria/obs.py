@@ -151,12 +151,6 @@ class LowRankInverse:
         out += self.diagonal[index][:, :, None] * np.eye(index.shape[1])
         return out
 
-    def rows(self, q: np.ndarray) -> np.ndarray:
-        """Rows q of the diagonal part alone (the factor goes with Z in `_Eliminated`)."""
-        out = np.zeros((len(q), len(self.diagonal)))
-        out[np.arange(len(q)), q] = self.diagonal[q]
-        return out
-
     def dense(self) -> np.ndarray:
         out = -(self.factor.T @ self.factor)
         out[np.diag_indices_from(out)] += self.diagonal
@@ -215,20 +209,17 @@ def obs_prune(layers: list[Layer], count: int,
 
 
 class _Eliminated:
-    """H⁻¹ while blocks of columns are removed, kept as H⁻¹₀ - Z Zᵀ: a removal appends
-    columns to Z instead of rewriting the n x n matrix, so a step costs O(n·|removed|), not
-    O(n²) (the same Schur complements `_eliminate` computes, in factored form). The
-    diagonal blocks of the channels, all that the costs read, are kept up to date."""
+    """H⁻¹ while blocks of columns are removed. Each removal of columns q is the Schur
+    complement H⁻¹ -= H⁻¹_{:,q} (H⁻¹_qq)⁻¹ H⁻¹_{q,:}; `_Columns` keep that in a form where a
+    step costs far less than rewriting the n x n matrix, and give H⁻¹_{:,q} now. The
+    diagonal blocks of the channels, all that the costs read, are kept up to date here."""
 
     def __init__(self, inverse: Inverse, blocks: list[np.ndarray], count: int) -> None:
-        self.start = inverse
-        widest = sorted((len(b) for b in blocks), reverse=True)[:count]
-        low_rank = inverse.factor.T if isinstance(inverse, LowRankInverse) else np.zeros((len(inverse), 0))
-        # Z never has more columns than `count` blocks (after a low-rank inverse's factor: its
-        # H⁻¹₀ - Z Zᵀ is then diag - [factorᵀ Z][factorᵀ Z]ᵀ)
-        self.storage = np.empty((len(inverse), low_rank.shape[1] + sum(widest)))
-        self.used = 0  # columns of storage holding Z
-        self._append(low_rank)
+        if isinstance(inverse, LowRankInverse):
+            self.columns: _DenseColumns | _LowRankColumns = _LowRankColumns(inverse)
+        else:
+            widest = sorted((len(b) for b in blocks), reverse=True)[:count]
+            self.columns = _DenseColumns(inverse, sum(widest))
         self.by_size: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for size in {len(b) for b in blocks} - {0}:
             channels = np.array([c for c, b in enumerate(blocks) if len(b) == size], dtype=np.intp)
@@ -249,26 +240,59 @@ class _Eliminated:
         """Remove columns q: W -= W_q (H⁻¹_qq)⁻¹ H⁻¹_{q,:}, H⁻¹ -= H⁻¹_{:,q} (H⁻¹_qq)⁻¹ H⁻¹_{q,:}."""
         if not q.size:
             return
-        start = self.start.rows(q) if isinstance(self.start, LowRankInverse) else self.start[q]
-        column = start.T - self.factor @ self.factor[q].T  # H⁻¹_{:,q} now (rows: contiguous reads)
+        column = self.columns.now(q)  # H⁻¹_{:,q}
         block = (column[q] + column[q].T) / 2
         values, vectors = np.linalg.eigh(block)
         root = vectors / np.sqrt(np.maximum(values, 1e-12 * max(float(values.max()), 1e-300)))  # (H⁻¹_qq)⁻¹ = root rootᵀ
         added = column @ root
-        weight -= (weight[:, q] @ root) @ added.T
+        _add_outer(weight, weight[:, q] @ root, added, -1.0)
         weight[:, q] = 0.0
-        self._append(added)
+        self.columns.remove(added, root)
         for _, index, diagonal in self.by_size.values():
             part = added[index]  # [m, k, |q|]
             diagonal -= part @ part.transpose(0, 2, 1)
 
-    @property
-    def factor(self) -> np.ndarray:
-        return self.storage[:, :self.used]
 
-    def _append(self, columns: np.ndarray) -> None:
-        self.storage[:, self.used:self.used + columns.shape[1]] = columns
-        self.used += columns.shape[1]
+class _DenseColumns:
+    """H⁻¹ as H⁻¹₀ - Z Zᵀ: a removal appends its columns `added` to Z instead of rewriting the
+    n x n matrix, so a step costs O(n·|removed|), not O(n²). Z never has more columns than
+    `width`, the widest blocks that can be removed."""
+
+    def __init__(self, start: np.ndarray, width: int) -> None:
+        self.start = start
+        self.storage = np.empty((len(start), width))
+        self.used = 0  # columns of storage holding Z
+
+    def now(self, q: np.ndarray) -> np.ndarray:
+        factor = self.storage[:, :self.used]
+        return self.start[q].T - factor @ factor[q].T  # rows of the symmetric start: contiguous reads
+
+    def remove(self, added: np.ndarray, root: np.ndarray) -> None:
+        self.storage[:, self.used:self.used + added.shape[1]] = added
+        self.used += added.shape[1]
+
+
+class _LowRankColumns:
+    """A low-rank inverse diag(d) - FᵀF (F [r, n]) stays of that form as columns go: on the
+    columns not removed yet, H⁻¹ = diag(d) - Fᵀ P F with P r x r (P₀ = I). Removing q adds
+    (P F_q root)(P F_q root)ᵀ to P (Woodbury on the r x r core), so a step costs O(n·r), and
+    nothing n-sized grows with the removals. Rows and columns of removed columns, which the
+    exact Schur complement makes 0, are not tracked: nothing reads them again."""
+
+    def __init__(self, start: LowRankInverse) -> None:
+        self.start = start
+        self.core = np.eye(len(start.factor))  # P
+        self.last = np.zeros((len(start.factor), 0))  # P F_q of the latest `now`
+
+    def now(self, q: np.ndarray) -> np.ndarray:
+        self.last = self.core @ self.start.factor[:, q]
+        column = -(self.start.factor.T @ self.last)
+        column[q, np.arange(len(q))] += self.start.diagonal[q]
+        return column
+
+    def remove(self, added: np.ndarray, root: np.ndarray) -> None:
+        reduced = self.last @ root
+        _add_outer(self.core, reduced, reduced, 1.0)
 
 
 def remove_channels(layers: list[Layer], channels: Iterable[int], damping: float = DEFAULT_DAMPING) -> None:
@@ -410,6 +434,19 @@ def _pick(candidates: list[int], scores: np.ndarray, limit: int, chosen: set[int
         if eligible is None or eligible(c, chosen | set(picked)):
             picked.append(c)
     return picked
+
+
+def _add_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray, scale: float) -> None:
+    """target += scale * left @ rightᵀ, in place by BLAS where target is C-ordered float64:
+    numpy would first make the product, a temporary as large as target."""
+    if target.dtype != np.float64 or not target.flags.c_contiguous:
+        target += scale * (left @ right.T)
+        return
+    from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
+    # targetᵀ (Fortran order: the same memory) += scale * right @ leftᵀ
+    result = blas.dgemm(scale, right, left, beta=1.0, c=target.T, overwrite_c=1, trans_b=1)
+    if not np.shares_memory(result, target):  # BLAS worked on a copy
+        target[...] = result.T
 
 
 def _dead(hessian: np.ndarray) -> np.ndarray:
