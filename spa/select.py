@@ -251,9 +251,13 @@ def removal_rule(group: Group, count: int) -> Callable[[int, set[int]], bool]:
     owners = _piece_owners(group.pieces)
 
     def eligible(channel: int, removed: set[int]) -> bool:
-        segment = segment_of[channel]
-        if sum(segment_of[c] == segment for c in removed) >= quota:
-            return False
+        if group.segments is None:  # one segment: no count per segment to make
+            if len(removed) >= quota:
+                return False
+        else:
+            segment = segment_of[channel]
+            if sum(segment_of[c] == segment for c in removed) >= quota:
+                return False
         return all(len(set(group.pieces[p]) - removed) > 1 for p in owners.get(channel, []))
     return eligible
 

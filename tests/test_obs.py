@@ -366,3 +366,27 @@ def test_inverse_in_place_equals_numpy(n):
     assert got.flags["C_CONTIGUOUS"] and np.array_equal(got, got.T)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
     assert _positive_definite_inverse(np.array([[1.0, 2.0], [2.0, 1.0]])) is None
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_add_outer_updates_the_target_in_place_in_any_layout(layout):
+    """W += s·L Rᵀ by BLAS on the target's own memory: a MatMul's weight seen as [out, in] is in
+    Fortran order, a Conv's in C order; a strided view takes numpy's way."""
+    from spa.criteria.obs import _add_outer
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((6, 10))
+    target = {"C": base.copy(), "F": np.asfortranarray(base), "strided": base.copy()[:, ::2]}[layout]
+    left, right = rng.standard_normal((6, 3)), rng.standard_normal((target.shape[1], 3))
+    expected = target - 0.5 * left @ right.T
+    memory = target.__array_interface__["data"][0]
+    _add_outer(target, left, right, -0.5)
+    np.testing.assert_allclose(target, expected, rtol=1e-12)
+    assert target.__array_interface__["data"][0] == memory
+
+
+@pytest.mark.parametrize("count", [2, 9])
+def test_column_squares_of_few_or_most_columns(count):
+    from spa.criteria.obs import _column_squares
+    weight = np.asfortranarray(np.random.default_rng(8).standard_normal((5, 10)))
+    columns = np.arange(count)[::-1]
+    np.testing.assert_allclose(_column_squares(weight, columns), (weight[:, columns] ** 2).sum(axis=0), rtol=1e-12)

@@ -80,6 +80,21 @@ class LinearLayer:
             matrix = matrix.T
         self.weight.values = matrix.reshape(weight.shape).astype(weight.dtype)
 
+    def scale_outputs(self, factors: np.ndarray, shifts: np.ndarray) -> None:
+        """Output channel c becomes factors[c] * y_c + shifts[c]: the weight's rows and the
+        bias scaled, the shift added to the bias (which must exist). In the weight's own
+        layout: a wide layer's float64 matrix (and its transposes) is never made."""
+        weight = read_values(self.weight)
+        shape = [1] * weight.ndim
+        shape[0 if self.node.op == "Conv" else self.weight_output_axis] = -1
+        scaled = weight.astype(np.float64)
+        scaled *= factors.reshape(shape)
+        self.weight.values = scaled.astype(weight.dtype)
+        bias = read_values(self.bias)
+        beta = self.node.attrs.get("beta", 1.0)
+        rows = np.broadcast_to(bias.astype(np.float64).reshape(-1), factors.shape)
+        self.bias.values = ((rows * beta * factors + shifts) / beta).reshape(bias.shape).astype(bias.dtype)
+
     def columns(self, member: Member) -> list[np.ndarray]:
         """Per channel of the member's group: its columns in `matrix()`."""
         return [self.position_columns(index) for index in member.index]

@@ -412,10 +412,18 @@ def _quad(weight: np.ndarray, mat: np.ndarray, blocks: list[np.ndarray], channel
 def _traces(weight: np.ndarray, index: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """tr(W_q B⁻¹ W_qᵀ) for each row q of `index` [m, k] and its block B of `blocks` [m, k, k]."""
     if index.shape[1] == 1:  # one column per channel (a 1x1 conv, a Gemm): W_qᵀW_q / B
-        return np.square(np.take(weight, index[:, 0], axis=1)).sum(axis=0) / blocks[:, 0, 0]
+        return _column_squares(weight, index[:, 0]) / blocks[:, 0, 0]
     w_q = np.take(weight, index, axis=1).transpose(1, 2, 0)  # [m, k, out]; take: faster than weight[:, idx]
     gram = w_q @ w_q.transpose(0, 2, 1)
     return np.trace(np.linalg.solve(blocks, gram), axis1=1, axis2=2)
+
+
+def _column_squares(weight: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Σ_o W[o, c]² for each c of `columns`: from every column where they are most of them
+    (no copy of a wide weight), else from a copy of those alone."""
+    if 2 * len(columns) < weight.shape[1]:
+        return np.square(np.take(weight, columns, axis=1)).sum(axis=0)
+    return np.einsum("ij,ij->j", weight, weight)[columns]
 
 
 def _costs(layers: list[Layer], hinvs: list[np.ndarray], channels: list[int]) -> np.ndarray:
@@ -437,15 +445,21 @@ def _pick(candidates: list[int], scores: np.ndarray, limit: int, chosen: set[int
 
 
 def _add_outer(target: np.ndarray, left: np.ndarray, right: np.ndarray, scale: float) -> None:
-    """target += scale * left @ rightᵀ, in place by BLAS where target is C-ordered float64:
-    numpy would first make the product, a temporary as large as target."""
-    if target.dtype != np.float64 or not target.flags.c_contiguous:
+    """target += scale * left @ rightᵀ, in place by BLAS where target is float64 in C or
+    Fortran order (a MatMul's [in, out] weight seen as [out, in] is the latter): numpy would
+    first make the product, a temporary as large as target."""
+    if target.dtype != np.float64 or not (target.flags.c_contiguous or target.flags.f_contiguous):
         target += scale * (left @ right.T)
         return
     from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
+    if target.flags.f_contiguous:
+        result = blas.dgemm(scale, left, right, beta=1.0, c=target, overwrite_c=1, trans_b=1)
+        if not np.shares_memory(result, target):  # BLAS worked on a copy
+            target[...] = result
+        return
     # targetᵀ (Fortran order: the same memory) += scale * right @ leftᵀ
     result = blas.dgemm(scale, right, left, beta=1.0, c=target.T, overwrite_c=1, trans_b=1)
-    if not np.shares_memory(result, target):  # BLAS worked on a copy
+    if not np.shares_memory(result, target):
         target[...] = result.T
 
 

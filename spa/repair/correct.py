@@ -124,8 +124,7 @@ def _restore_batchnorm(norm: gs.Node, mean_before: np.ndarray, mean_after: np.nd
 
 def _restore_rows(layer: LinearLayer, mean_before: np.ndarray, mean_after: np.ndarray,
                   ratio: np.ndarray, kept: np.ndarray) -> None:
-    matrix = layer.matrix()
-    scale = 1 / ratio[kept]
-    matrix[kept] *= scale[:, None]
-    matrix[kept, -1] += mean_before[kept] - scale * mean_after[kept]
-    layer.set_matrix(matrix)
+    factors, shifts = np.ones(len(ratio)), np.zeros(len(ratio))
+    factors[kept] = 1 / ratio[kept]
+    shifts[kept] = mean_before[kept] - factors[kept] * mean_after[kept]
+    layer.scale_outputs(factors, shifts)
