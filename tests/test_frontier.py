@@ -4,6 +4,8 @@ graph that changed. Its results must be those of running the whole graph for eve
 (the per-group path it replaced), which `WholeGraphRuns` below still does."""
 from __future__ import annotations
 
+import contextlib
+
 import tempfile
 from pathlib import Path
 
@@ -185,6 +187,31 @@ def test_external_data_weights_are_fed_to_segments(tmp_path):
     ours, theirs = _weights(written), _weights(internal.model)
     for key, value in theirs.items():
         np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["trained/digits_resnet_bn.onnx", "trained/digits_transformer.onnx"])
+def test_weights_held_in_memory_reach_segments_by_name_alone(tmp_path, monkeypatch, name):
+    """With every changed weight held (HELD_BYTES 0), segments carry only placeholders for
+    them and onnxruntime gets the arrays: the pruned weights are the same, bit for bit."""
+    np.savez(tmp_path / "calib.npz", input=_digits(24, name))
+    run = dict(ratio=0.4, criterion="obs", round_to=1, calib=tmp_path / "calib.npz")
+    serialized = spa.prune(MODELS / name, **run)
+    monkeypatch.setattr(frontier_module, "HELD_BYTES", 0)
+    held: list[int] = []
+    original = frontier_module._held_weights
+
+    @contextlib.contextmanager
+    def counted(nodes):
+        with original(nodes) as weights:
+            held.append(len(weights))
+            yield weights
+
+    monkeypatch.setattr(frontier_module, "_held_weights", counted)
+    by_name = spa.prune(MODELS / name, **run)
+    assert sum(held) > 0
+    assert [g["removed"] for g in by_name.report["groups"]] == [g["removed"] for g in serialized.report["groups"]]
+    for key, value in _weights(serialized.model).items():
+        np.testing.assert_array_equal(_weights(by_name.model)[key], value, err_msg=key)
 
 
 def test_omitted_optional_tensors_are_no_dependency():

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx.external_data_helper import uses_external_data
 
 from spa.analyze.registry import outer_names
@@ -41,6 +43,8 @@ from spa.io.runtime import session
 Accumulator = Callable[[np.ndarray], None]
 DEFAULT_BUDGET = 1 << 30  # bytes of kept activations before they go to disk
 BATCH_SIZE = 16  # samples per run of a segment (a static batch dim overrides it)
+HELD_BYTES = 1 << 20  # in-memory weights this large reach a segment's session by name, not serialized
+HELD_LOCATION = "spa-held-in-memory"  # the external-data location of their placeholders (never read)
 
 
 class Frontier:
@@ -147,14 +151,14 @@ class Frontier:
         inputs = sorted({n for node_index in needed for n in self.reads[node_index]
                          if n and n not in made and n in self.kept})
         outputs = list(dict.fromkeys(wanted + keep))
-        model = self._segment_model(nodes, inputs, outputs)
+        model, held = self._segment_model(nodes, inputs, outputs)
         folded = {node.outputs[0].name: folded_targets(node, self.folded[node.outputs[0].name])
                   for node in nodes if node.op == "Conv" and node.outputs[0].name in self.folded}
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         mask_in_model(model, norm_masks(nodes, self.removed))
         weights = _external_weights_as_inputs(model, self.tensors)
-        runner = session(model, spinning=False)  # numpy works between runs: idle spinning threads would take its cores
-        del model
+        runner = session(model, spinning=False, initializers=held)  # numpy works between runs: no spinning threads
+        del model, held
         for index in range(self.batch_count):
             feeds = {name: np.asarray(self.kept.get(name, index)) for name in inputs} | weights
             try:
@@ -166,12 +170,15 @@ class Frontier:
             for name in keep:
                 self.kept.add(name, index, values[name])
 
-    def _segment_model(self, nodes: list[gs.Node], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    def _segment_model(self, nodes: list[gs.Node], inputs: list[str],
+                       outputs: list[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+        """The segment as a model, and the weights it holds only by name (`_held_weights`)."""
         tensors = self.tensors
         segment = gs.Graph(nodes=nodes, inputs=[tensors[n] for n in inputs],
                            outputs=[tensors[n] for n in outputs if n in tensors],
                            opset=self.graph.opset, import_domains=self.graph.import_domains)
-        model = gs.export_onnx(segment, do_type_check=False)
+        with _held_weights(nodes) as held:
+            model = gs.export_onnx(segment, do_type_check=False)
         model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs if n not in tensors)
         for value in model.graph.input:  # an intermediate tensor: type and shape from its values
             _describe(value, [self.kept.get(value.name, i) for i in range(self.batch_count)])
@@ -180,19 +187,56 @@ class Frontier:
             if not value.type.tensor_type.elem_type:
                 value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
         model.ir_version = self.ir_version
-        return model
+        return model, held
+
+
+@contextmanager
+def _held_weights(nodes: list[gs.Node]) -> Iterator[dict[str, np.ndarray]]:
+    """While exported, the float weights of `nodes` held in memory (the ones earlier tasks
+    changed) of HELD_BYTES or more (not scalars) stand in as external-data placeholders: the segment
+    model then carries their names and shapes, not their bytes, and onnxruntime takes the
+    arrays themselves as initializers (spa.io.runtime.session). Serializing them into every
+    segment was most of a segment session's cost on wide layers."""
+    held: dict[str, np.ndarray] = {}
+    for node in nodes:
+        for tensor in node.inputs:
+            values = tensor._values if isinstance(tensor, gs.Constant) else None
+            if isinstance(values, np.ndarray) and values.dtype == np.float32 and values.ndim \
+                    and values.nbytes >= HELD_BYTES:
+                held[tensor.name] = values
+                tensor._values = LazyValues(_placeholder(tensor.name, values))
+    try:
+        yield held
+    finally:
+        for node in nodes:
+            for tensor in node.inputs:
+                if tensor.name in held and isinstance(tensor, gs.Constant):
+                    tensor._values = held[tensor.name]
+
+
+def _placeholder(name: str, values: np.ndarray) -> onnx.TensorProto:
+    """A float tensor that names external data nobody reads: onnxruntime is given the values."""
+    tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=values.shape,
+                              data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", HELD_LOCATION), ("offset", "0"), ("length", str(values.nbytes))):
+        tensor.external_data.add(key=key, value=value)
+    return tensor
 
 
 def _external_weights_as_inputs(model: onnx.ModelProto, tensors: dict[str, gs.Tensor]) -> dict[str, np.ndarray]:
     """Weights still in the input's external data file become inputs of the segment, fed
     from the file: a segment model then never points at files beside the input, and never
     holds more than its own layers' weights."""
-    external = [t for t in model.graph.initializer if uses_external_data(t)]
+    external = [t for t in model.graph.initializer if uses_external_data(t) and not _is_held(t)]
     weights = {t.name: read_values(tensors[t.name]) for t in external}
     for tensor in external:
         model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         model.graph.initializer.remove(tensor)
     return weights
+
+
+def _is_held(tensor: onnx.TensorProto) -> bool:
+    return any(entry.key == "location" and entry.value == HELD_LOCATION for entry in tensor.external_data)
 
 
 def _topological(nodes: list[gs.Node]) -> list[gs.Node]:

@@ -18,10 +18,13 @@ ModelSource = onnx.ModelProto | Path | str | bytes
 
 
 def session(model: ModelSource, threads: int | None = None, optimize: str = "basic",
-            spinning: bool = True, profile_prefix: str | None = None) -> ort.InferenceSession:
+            spinning: bool = True, profile_prefix: str | None = None,
+            initializers: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """A CPU session for a model (proto, serialized bytes, or a path: a path lets onnxruntime
     read external data beside it). `threads` None: onnxruntime's default. With
-    `profile_prefix`, onnxruntime's profiler writes kernel times to a JSON file there."""
+    `profile_prefix`, onnxruntime's profiler writes kernel times to a JSON file there.
+    `initializers` gives the values of the model's external-data initializers of those
+    names (onnxruntime copies them in; the files they name are not read)."""
     options = ort.SessionOptions()
     if profile_prefix is not None:
         options.enable_profiling = True
@@ -35,6 +38,9 @@ def session(model: ModelSource, threads: int | None = None, optimize: str = "bas
         options.inter_op_num_threads = 1
     if not spinning:  # interleaved sessions: a spinning one steals the cores of the other
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for v in (initializers or {}).values()]
+    if values:  # (alive until the session has copied them: `values` lives to the return)
+        options.add_external_initializers(list(initializers), values)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, (Path, os.PathLike)):
