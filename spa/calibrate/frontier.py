@@ -193,7 +193,7 @@ class Frontier:
 @contextmanager
 def _held_weights(nodes: list[gs.Node]) -> Iterator[dict[str, np.ndarray]]:
     """While exported, the float weights of `nodes` held in memory (the ones earlier tasks
-    changed) of HELD_BYTES or more (not scalars) stand in as external-data placeholders: the segment
+    changed) of HELD_BYTES or more stand in as external-data placeholders: the segment
     model then carries their names and shapes, not their bytes, and onnxruntime takes the
     arrays themselves as initializers (spa.io.runtime.session). Serializing them into every
     segment was most of a segment session's cost on wide layers."""
@@ -201,8 +201,8 @@ def _held_weights(nodes: list[gs.Node]) -> Iterator[dict[str, np.ndarray]]:
     for node in nodes:
         for tensor in node.inputs:
             values = tensor._values if isinstance(tensor, gs.Constant) else None
-            if isinstance(values, np.ndarray) and values.dtype == np.float32 and values.ndim \
-                    and values.nbytes >= HELD_BYTES:
+            if isinstance(values, np.ndarray) and values.dtype == np.float32 and tensor.export_dtype == np.float32 \
+                    and values.ndim and values.nbytes >= HELD_BYTES:  # (not exported as another type, not a scalar)
                 held[tensor.name] = values
                 tensor._values = LazyValues(_placeholder(tensor.name, values))
     try:
