@@ -59,6 +59,21 @@ def test_a_written_prune_makes_two_sessions(tmp_path, sessions):
     assert sessions == ["bytes", "PosixPath"]
 
 
+@pytest.mark.parametrize("kept_bytes, expected", [(256 << 20, ["bytes", "PosixPath"]),
+                                                   (0, ["bytes", "PosixPath", "ModelProto"])])
+def test_with_calibration_a_small_input_keeps_its_session_for_the_check(tmp_path, monkeypatch, sessions,
+                                                                         kept_bytes, expected):
+    """With data, a small input's session lives through the calibration passes and runs the
+    zeroed (compensated) model at the end; past KEPT_SESSION_BYTES it is dropped, and the
+    zeroed model gets a session of its own."""
+    monkeypatch.setattr("spa.pipeline.KEPT_SESSION_BYTES", kept_bytes)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 1, 6, 6)).astype(np.float32))
+    result = spa.prune(_saved(tmp_path, stacked_model()), 0.5, round_to=1, criterion="obs",
+                       calib=tmp_path / "calib.npz", output=tmp_path / "out.onnx")
+    assert result.channels_removed > 0
+    assert sessions == expected
+
+
 def test_a_wrong_cut_is_caught_on_the_input_session(tmp_path, monkeypatch, sessions):
     _shift_rewrite(monkeypatch)
     with pytest.raises(SpaError, match="differs from the zeroed model"):
