@@ -210,8 +210,9 @@ def obs_prune(layers: list[Layer], count: int,
 
 class _Eliminated:
     """H⁻¹ while blocks of columns are removed. Each removal of columns q is the Schur
-    complement H⁻¹ -= H⁻¹_{:,q} (H⁻¹_qq)⁻¹ H⁻¹_{q,:}; `_Columns` keep that in a form where a
-    step costs far less than rewriting the n x n matrix, and give H⁻¹_{:,q} now. The
+    complement H⁻¹ -= H⁻¹_{:,q} (H⁻¹_qq)⁻¹ H⁻¹_{q,:}; `_DenseColumns` (a full inverse) or
+    `_LowRankColumns` (a factored one) keep that in a form where a step costs far less than
+    rewriting the n x n matrix, and give H⁻¹_{:,q} now (`now`, then `remove`). The
     diagonal blocks of the channels, all that the costs read, are kept up to date here."""
 
     def __init__(self, inverse: Inverse, blocks: list[np.ndarray], count: int) -> None:
