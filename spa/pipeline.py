@@ -65,10 +65,9 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     check_outputs(protected, {"output": outputs.model, "report": outputs.report})
     if loaded.external and verify and outputs.model is None:
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
-    if verify and calibration is not None:  # measured before reference_run takes the file's bytes
-        model_bytes = len(loaded.serialized) if loaded.serialized is not None else loaded.model.ByteSize()
+    drop_session = verify and calibration is not None and _model_bytes(loaded) > KEPT_SESSION_BYTES
     reference = reference_run(loaded, calibration, seed) if verify else None
-    if reference is not None and calibration is not None and model_bytes > KEPT_SESSION_BYTES:
+    if reference is not None and drop_session:
         # calibration passes hold one layer's statistics at a time: a big input's session would
         # stay alive through them, so the zeroed model gets a session of its own instead
         reference = replace(reference, dense=None)
@@ -96,6 +95,11 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
     if outputs.report is not None:
         write_json(outputs.report, summary)
     return result
+
+
+def _model_bytes(loaded: Loaded) -> int:
+    """The input's size: its file's bytes where they are at hand (before reference_run takes them)."""
+    return len(loaded.serialized) if loaded.serialized is not None else loaded.model.ByteSize()
 
 
 def one_sample(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str, np.ndarray]:

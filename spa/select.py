@@ -108,11 +108,10 @@ def _segment_unit(group: Group, round_to: int) -> int:
     grouped-conv kernel needs per-group widths in multiples of the block; off it, a grouped
     conv runs 1.3-2.4x slower per MAC than at its base width, 1.0-1.4x on it:
     tools/bench_widths.py --ops grouped3x3)."""
-    unit = _unit(group, round_to)
-    per_segment = unit // math.gcd(unit, len(group.segments))
     if round_to == ROUND_AUTO and group.touch_ops & CONV_OPS and len(group.segments[0]) % block_size() == 0:
         return block_size()
-    return per_segment
+    unit = _unit(group, round_to)
+    return unit // math.gcd(unit, len(group.segments))
 
 
 def _local_count(group: Group, ratio: float, selection: Selection) -> int:
@@ -251,13 +250,10 @@ def removal_rule(group: Group, count: int) -> Callable[[int, set[int]], bool]:
     owners = _piece_owners(group.pieces)
 
     def eligible(channel: int, removed: set[int]) -> bool:
-        if group.segments is None:  # one segment: no count per segment to make
-            if len(removed) >= quota:
-                return False
-        else:
-            segment = segment_of[channel]
-            if sum(segment_of[c] == segment for c in removed) >= quota:
-                return False
+        segment = segment_of[channel]
+        taken = len(removed) if group.segments is None else sum(segment_of[c] == segment for c in removed)
+        if taken >= quota:  # (one segment: every removed channel is in it, counted in O(1))
+            return False
         return all(len(set(group.pieces[p]) - removed) > 1 for p in owners.get(channel, []))
     return eligible
 

@@ -144,3 +144,18 @@ def test_auto_rounding_keeps_a_grouped_convs_groups_in_whole_blocks(monkeypatch,
     assert min(kept // segments for kept in allowed) == kept_steps
     removed = removal_counts([group], {0: np.arange(size, dtype=float)}, Selection(0.4, round_to=ROUND_AUTO))[0]
     assert (size - removed) // segments % kept_steps == 0
+
+
+@pytest.mark.parametrize("segments", [None, [[0, 1, 2, 3], [4, 5, 6, 7]]])
+def test_removal_rule_holds_each_segment_to_its_share(segments):
+    """Removing 4 of 8 channels one by one: with two segments (a grouped conv), each gives
+    2 and no more; with one, any 4 go and a fifth does not."""
+    from spa.select import removal_rule
+    group = _group(0, 8, 1)
+    group.segments = segments
+    eligible = removal_rule(group, 4)
+    if segments is None:
+        assert eligible(0, {4, 5, 6}) and not eligible(0, {4, 5, 6, 7})
+    else:
+        assert eligible(2, {0, 4, 5}) and not eligible(2, {0, 1, 4})
+        assert eligible(6, {0, 1, 4})

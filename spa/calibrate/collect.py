@@ -90,7 +90,7 @@ class Hessian:
         self._flush()
         if self._kept is None:
             return None if self._sum is None else np.diag(self._sum).copy()
-        return np.einsum("ij,ij->j", rows, rows) if (rows := self.rows) is not None else None
+        return gram_diagonal(rows) if (rows := self.rows) is not None else None
 
     def __call__(self, values: np.ndarray) -> None:
         self._of_rows = None
@@ -108,10 +108,10 @@ class Hessian:
         pieces, self._pending = self._pending, []
         scale = 2.0 ** np.floor(np.log2(max(self._pending_max, 1e-30)))
         self._pending_max = 0.0
-        from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
         if self._kept is not None and 2 * self.count <= pieces[0].shape[1]:  # low rank still: rows only
             self._kept.extend(rows.astype(np.float64) for rows in pieces)
             return
+        from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
         if self._kept:  # past low rank: the rows kept so far join the sum
             self._sum = _gram(np.concatenate(self._kept))
         self._kept = self._of_rows = None
@@ -132,6 +132,11 @@ class Hessian:
             self._sum += product  # cast while adding: no float64 copy of an n x n matrix
         else:
             self._sum += product.astype(np.float64) * scale ** 2
+
+
+def gram_diagonal(rows: np.ndarray) -> np.ndarray:
+    """diag(XᵀX): each column's sum of squares, without forming XᵀX (or copying X)."""
+    return np.einsum("ij,ij->j", rows, rows)
 
 
 def _gram(rows: np.ndarray) -> np.ndarray:

@@ -156,7 +156,7 @@ class Frontier:
                   for node in nodes if node.op == "Conv" and node.outputs[0].name in self.folded}
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         mask_in_model(model, norm_masks(nodes, self.removed))
-        weights = _external_weights_as_inputs(model, self.tensors)
+        weights = _external_weights_as_inputs(model, self.tensors, held)
         runner = session(model, spinning=False, initializers=held)  # numpy works between runs: no spinning threads
         del model, held
         for index in range(self.batch_count):
@@ -198,20 +198,20 @@ def _held_weights(nodes: list[gs.Node]) -> Iterator[dict[str, np.ndarray]]:
     arrays themselves as initializers (spa.io.runtime.session). Serializing them into every
     segment was most of a segment session's cost on wide layers."""
     held: dict[str, np.ndarray] = {}
+    swapped: list[gs.Constant] = []
     for node in nodes:
-        for tensor in node.inputs:
+        for tensor in node.inputs:  # (a tensor read twice is a placeholder the second time: skipped)
             values = tensor._values if isinstance(tensor, gs.Constant) else None
             if isinstance(values, np.ndarray) and values.dtype == np.float32 and tensor.export_dtype == np.float32 \
                     and values.ndim and values.nbytes >= HELD_BYTES:  # (not exported as another type, not a scalar)
                 held[tensor.name] = values
+                swapped.append(tensor)
                 tensor._values = LazyValues(_placeholder(tensor.name, values))
     try:
         yield held
     finally:
-        for node in nodes:
-            for tensor in node.inputs:
-                if tensor.name in held and isinstance(tensor, gs.Constant):
-                    tensor._values = held[tensor.name]
+        for tensor in swapped:
+            tensor._values = held[tensor.name]
 
 
 def _placeholder(name: str, values: np.ndarray) -> onnx.TensorProto:
@@ -223,20 +223,17 @@ def _placeholder(name: str, values: np.ndarray) -> onnx.TensorProto:
     return tensor
 
 
-def _external_weights_as_inputs(model: onnx.ModelProto, tensors: dict[str, gs.Tensor]) -> dict[str, np.ndarray]:
+def _external_weights_as_inputs(model: onnx.ModelProto, tensors: dict[str, gs.Tensor],
+                                held: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Weights still in the input's external data file become inputs of the segment, fed
     from the file: a segment model then never points at files beside the input, and never
-    holds more than its own layers' weights."""
-    external = [t for t in model.graph.initializer if uses_external_data(t) and not _is_held(t)]
+    holds more than its own layers' weights. (`held` placeholders stay: their values are given.)"""
+    external = [t for t in model.graph.initializer if uses_external_data(t) and t.name not in held]
     weights = {t.name: read_values(tensors[t.name]) for t in external}
     for tensor in external:
         model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         model.graph.initializer.remove(tensor)
     return weights
-
-
-def _is_held(tensor: onnx.TensorProto) -> bool:
-    return any(entry.key == "location" and entry.value == HELD_LOCATION for entry in tensor.external_data)
 
 
 def _topological(nodes: list[gs.Node]) -> list[gs.Node]:

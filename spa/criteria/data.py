@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa.analyze import Group, Member
-from spa.calibrate.collect import Hessian
+from spa.calibrate.collect import Hessian, gram_diagonal
 from spa.calibrate.layers import LinearLayer
 from spa.criteria import obs
 from spa.criteria.base import Criterion, register
@@ -156,8 +156,7 @@ def _problem(layer: LinearLayer, hessian: Hessian, columns: list[np.ndarray], go
     if rows is not None:
         rows = rows.copy()
         rows[:, cut] = 0.0
-        return obs.Layer(weight, None, columns, obs.inverse_hessian(None, damping, rows),
-                         np.einsum("ij,ij->j", rows, rows))
+        return obs.Layer(weight, None, columns, obs.inverse_hessian(None, damping, rows), gram_diagonal(rows))
     matrix = hessian.matrix.copy()
     matrix[cut, :] = 0.0
     matrix[:, cut] = 0.0

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spa.calibrate.collect import mirror_lower
+from spa.calibrate.collect import gram_diagonal, mirror_lower
 from spa.errors import SpaError
 
 DEFAULT_DAMPING = 0.01
@@ -69,7 +69,7 @@ class Layer:
 
     def dead(self) -> np.ndarray:
         """Inputs that are 0 on every calibration row."""
-        return (self.diagonal if self.diagonal is not None else np.diag(self.hessian)) <= 0
+        return self.diagonal <= 0 if self.diagonal is not None else _dead(self.hessian)
 
 
 def damped(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
@@ -123,7 +123,7 @@ def _low_rank_inverse(rows: np.ndarray, damping: float) -> LowRankInverse:
     """damped(H)⁻¹ for H = XᵀX with X [r, n], r < n: damped(H) = E + XᵀX with E diagonal
     (damping, and 1 for dead inputs), so its inverse is E⁻¹ - Yᵀ(I + X Yᵀ)⁻¹Y with
     Y = X E⁻¹: an r x r Cholesky and an r x n factor, never an n x n matrix."""
-    diag = np.einsum("ij,ij->j", rows, rows)  # diag(H)
+    diag = gram_diagonal(rows)  # diag(H)
     dead = diag <= 0
     diag[dead] = 1.0
     extra = dead + damping * diag.mean()  # E: what damped() adds to the diagonal of H
@@ -424,7 +424,7 @@ def _column_squares(weight: np.ndarray, columns: np.ndarray) -> np.ndarray:
     (no copy of a wide weight), else from a copy of those alone."""
     if 2 * len(columns) < weight.shape[1]:
         return np.square(np.take(weight, columns, axis=1)).sum(axis=0)
-    return np.einsum("ij,ij->j", weight, weight)[columns]
+    return gram_diagonal(weight)[columns]
 
 
 def _costs(layers: list[Layer], hinvs: list[np.ndarray], channels: list[int]) -> np.ndarray:
