@@ -157,7 +157,7 @@ class Frontier:
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         mask_in_model(model, norm_masks(nodes, self.removed))
         weights = _external_weights_as_inputs(model, self.tensors, held)
-        runner = session(model, spinning=False, initializers=held)  # numpy works between runs: no spinning threads
+        runner = session(model, optimize="all", spinning=False, initializers=held)  # numpy works between runs: no spinning threads
         del model, held
         for index in range(self.batch_count):
             feeds = {name: np.asarray(self.kept.get(name, index)) for name in inputs} | weights
