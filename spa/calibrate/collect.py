@@ -55,10 +55,19 @@ class Hessian:
     While there are at most half as many rows as features (a wide layer late in a CNN, or
     few samples), the rows themselves are kept instead (`rows`): H then has low rank, and its
     damped inverse costs far less through them (spa.criteria.obs.inverse_hessian), which
-    needs only H's diagonal. The n x n matrix is then formed only where `matrix` is asked for."""
+    needs only H's diagonal. The n x n matrix is then formed only where `matrix` is asked for.
 
-    def __init__(self, features: Callable[[np.ndarray], np.ndarray]) -> None:
+    A layer with `gram` (a unit-stride Conv: spa.calibrate.shifted) gives (XᵀX, rows) for
+    batches without forming their rows, and `shape` the (rows, n) they would have. Its
+    batches wait, up to PENDING_BYTES of them, and become rows only where H has low rank."""
+
+    def __init__(self, features: Callable[[np.ndarray], np.ndarray],
+                 gram: Callable[[np.ndarray], tuple[np.ndarray, int]] | None = None,
+                 shape: Callable[[tuple[int, ...]], tuple[int, int]] | None = None) -> None:
         self.features = features
+        self.gram, self.shape = gram, shape
+        self.width = 0  # n, once known
+        self._waiting: list[np.ndarray] = []  # batches for `gram`
         self.count = 0
         self.derived: dict = {}  # what criteria compute from the matrix (its inverse), to compute it once
         self._sum: np.ndarray | None = None
@@ -94,6 +103,15 @@ class Hessian:
 
     def __call__(self, values: np.ndarray) -> None:
         self._of_rows = None
+        if self.gram is not None:
+            if self._waiting and self._waiting[0].shape[1:] != values.shape[1:]:
+                self._flush()  # (batches of another size: one product cannot take both)
+            rows, self.width = self.shape(values.shape)
+            self.count += rows
+            self._waiting.append(values)
+            if 2 * self.count > self.width and sum(v.nbytes for v in self._waiting) >= PENDING_BYTES:
+                self._flush()
+            return
         for chunk in np.array_split(values, max(1, values.shape[0] // 8)):  # bound im2col memory
             rows = self.features(chunk).astype(np.float32, copy=False)
             self._pending.append(rows.copy() if np.shares_memory(rows, chunk) else rows)  # scaled in place later
@@ -103,6 +121,24 @@ class Hessian:
                 self._flush()
 
     def _flush(self) -> None:
+        self._flush_rows()
+        if not self._waiting:
+            return
+        batches, self._waiting = self._waiting, []
+        if self._kept is not None and 2 * self.count <= self.width:  # low rank still: rows only
+            self._kept.extend(self.features(batch).astype(np.float64) for batch in batches)
+            return
+        product, _ = self.gram(np.concatenate(batches) if len(batches) > 1 else batches[0])
+        self._leave_low_rank()
+        self._sum = product if self._sum is None else np.add(self._sum, product, out=self._sum)
+
+    def _leave_low_rank(self) -> None:
+        """Past low rank: the rows kept so far join the sum."""
+        if self._kept:
+            self._sum = _gram(np.concatenate(self._kept))
+        self._kept = self._of_rows = None
+
+    def _flush_rows(self) -> None:
         if not self._pending:
             return
         pieces, self._pending = self._pending, []
@@ -112,9 +148,7 @@ class Hessian:
             self._kept.extend(rows.astype(np.float64) for rows in pieces)
             return
         from scipy.linalg import blas  # here: scipy.linalg takes 0.1 s to import, which only data criteria need
-        if self._kept:  # past low rank: the rows kept so far join the sum
-            self._sum = _gram(np.concatenate(self._kept))
-        self._kept = self._of_rows = None
+        self._leave_low_rank()
         product = None
         for rows in pieces:
             rows *= np.float32(1 / scale)  # a power of two: exact

@@ -18,6 +18,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analyze import Group, Member
+from spa.calibrate.shifted import output_size, shifted_gram
 from spa.io.load import read_values
 
 
@@ -110,6 +111,25 @@ class LinearLayer:
         if self.bias is not None:
             rows = np.concatenate([rows, np.ones((len(rows), 1), dtype=rows.dtype)], axis=1)
         return rows
+
+    @property
+    def has_gram(self) -> bool:
+        """Does `gram` apply: a unit-stride Conv whose kernel is wider than 1?"""
+        attrs = self.node.attrs
+        return self.node.op == "Conv" and self.kernel_size > 1 \
+            and all(s == 1 for s in attrs.get("strides", [1] * len(self.kernel)))
+
+    def gram(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """(FᵀF, rows of F) for F = features(x), without forming F (spa.calibrate.shifted)."""
+        return shifted_gram(x, self.kernel, self._dilations(), self._pads(x.shape[2:]), self.bias is not None)
+
+    def feature_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(rows, columns) of features(x) for x of this shape, where `has_gram`."""
+        out = output_size(shape[2:], self.kernel, self._dilations(), self._pads(shape[2:]))
+        return shape[0] * math.prod(out), shape[1] * self.kernel_size + (self.bias is not None)
+
+    def _dilations(self) -> list[int]:
+        return self.node.attrs.get("dilations", [1] * len(self.kernel))
 
     def _conv_columns(self, x: np.ndarray) -> np.ndarray:
         """im2col: each output position's receptive field, channel-major like the weight."""

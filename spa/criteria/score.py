@@ -165,7 +165,12 @@ def measure(frontier: Frontier, layers: list[LinearLayer], method: Criterion) ->
     for layer in layers:
         if layer.node.name in accumulators:
             continue
-        accumulator = Hessian(layer.features) if method.statistic == "hessian" else Moments(layer.channel_axis)
+        if method.statistic != "hessian":
+            accumulator = Moments(layer.channel_axis)
+        elif layer.has_gram:
+            accumulator = Hessian(layer.features, layer.gram, layer.feature_shape)
+        else:
+            accumulator = Hessian(layer.features)
         accumulators[layer.node.name] = accumulator
         by_tensor.setdefault(layer.input.name, []).append(accumulator)
     frontier.measure(by_tensor)
