@@ -41,10 +41,10 @@ class WholeGraphRuns:
     def __exit__(self, *exc) -> None:
         pass
 
-    def done_with(self, task: int) -> None:
+    def done_with(self, task: int, updates=None) -> None:  # (runs everything again: nothing to update)
         pass
 
-    def measure(self, accumulators: dict) -> None:
+    def measure(self, accumulators: dict, hold=()) -> None:
         names = list(accumulators)
         tensors = self.graph.tensors()
         saved = self.graph.outputs
@@ -236,3 +236,33 @@ def test_omitted_optional_tensors_are_no_dependency():
     clipped_data = np.minimum(data, 2.0)
     want = (clipped_data - clipped_data.mean(-1, keepdims=True)) / np.sqrt(clipped_data.var(-1, keepdims=True) + 1e-5)
     np.testing.assert_allclose(np.concatenate(seen), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["trained/digits_resnet.onnx", "trained/digits_resnet_b1.onnx"])
+def test_correction_keeps_its_scaled_outputs_instead_of_running_the_layers_again(tmp_path, monkeypatch, name):
+    """Statistics correction scales a folded layer's output channels: the frontier keeps the
+    measured outputs, scaled the same way, so no layer runs twice in the correction pass,
+    and the corrected weights are those of running the layers again."""
+    from spa.calibrate.frontier import Frontier
+    np.savez(tmp_path / "calib.npz", input=_digits(16, name))
+    run = dict(ratio=0.4, criterion="l2", round_to=1, calib=tmp_path / "calib.npz", correct_stats=True)
+    runs: list[int] = []
+    segment = Frontier._run_segment
+
+    def counting(self, needed, *args):
+        runs.extend(id(self.nodes[i]) for i in needed if self.nodes[i].op in ("Conv", "Gemm"))
+        return segment(self, needed, *args)
+    monkeypatch.setattr(Frontier, "_run_segment", counting)
+    held = spa.prune(MODELS / name, **run)
+    held_runs = list(runs)
+    done_with = Frontier.done_with
+    monkeypatch.setattr(Frontier, "done_with", lambda self, task, updates=None: done_with(self, task))
+    runs.clear()
+    rerun = spa.prune(MODELS / name, **run)
+    corrected = [node.name for node in held.model.graph.node if node.op_type in ("Conv", "Gemm")]
+    assert len(held_runs) < len(runs)
+    assert len(held_runs) - len(set(held_runs)) < len(runs) - len(set(runs))  # fewer layers run twice
+    ours, theirs = _weights(held.model), _weights(rerun.model)
+    assert corrected and ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-4, atol=1e-5, err_msg=key)

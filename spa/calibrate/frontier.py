@@ -52,7 +52,12 @@ class Frontier:
     task t changes. Call `done_with(t)` after task t changed them; use as a context
     manager so spilled files are removed. `removed` ((initializer, axis) -> positions, read
     at each segment) says which units hidden groups removed: LayerNormalizations over them
-    normalize over the kept units (spa.calibrate.layernorm)."""
+    normalize over the kept units (spa.calibrate.layernorm).
+
+    A task that knows what its change does to a tensor it measured (statistics correction
+    scales a layer's output channels) can say so: `measure(..., hold=[name])` keeps the
+    measured values, `done_with(t, {name: update})` keeps update(values) as that tensor's
+    final value, and later tasks read it instead of running its producer again."""
 
     def __init__(self, graph: gs.Graph, calibration: Calibration, ir_version: int,
                  written: list[Iterable[str]] = (), budget: int = DEFAULT_BUDGET,
@@ -69,6 +74,7 @@ class Frontier:
         self.last_task = [max((last.get(name, -1) for name in names), default=-1) for names in self.reads]
         self.done = -1
         self.computed: set[int] = set()  # final nodes whose outputs later nodes can get from `kept`
+        self.held: dict[str, dict[int, np.ndarray]] = {}  # measured values a task may update (`hold`)
         self.kept = _Store(budget)
         self.batch_count = 0
         for feeds in calibration.batches(BATCH_SIZE):
@@ -91,13 +97,26 @@ class Frontier:
     def __exit__(self, *exc) -> None:
         self.kept.close()
 
-    def done_with(self, task: int) -> None:
+    def done_with(self, task: int, updates: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None) -> None:
+        """Task `task` changed its weights; `updates` (tensor -> function) give the new
+        values of held tensors from their measured ones, where their producers are now final."""
         self.done = max(self.done, task)
+        held, self.held = self.held, {}
+        final = self._final() if updates else []
+        for name, update in (updates or {}).items():
+            node = self.producer.get(name)
+            if name not in held or node is None or not final[node] or name in self.kept:
+                continue
+            for batch, value in held[name].items():
+                self.kept.add(name, batch, update(value))
+            self.computed.add(node)
 
-    def measure(self, accumulators: dict[str, list[Accumulator]]) -> None:
-        """Pass every batch's value of each requested tensor to its accumulators."""
+    def measure(self, accumulators: dict[str, list[Accumulator]], hold: Iterable[str] = ()) -> None:
+        """Pass every batch's value of each requested tensor to its accumulators; keep
+        those of `hold` for `done_with`'s updates."""
         accumulators = {raw_output(name) if name in self.folded else name: found
                         for name, found in accumulators.items()}
+        hold = [name for name in hold if name in accumulators]  # (not a renamed, folded output)
         final = self._final()
         needed = self._needed(accumulators)
         now_computed = self.computed | {i for i in needed if final[i]}
@@ -105,7 +124,7 @@ class Frontier:
                 if t.name and any(r not in now_computed for r in self.readers.get(t.name, ()))]
         wanted = [name for name in accumulators if name not in self.kept]
         if needed:
-            self._run_segment(sorted(needed), wanted, keep, accumulators)
+            self._run_segment(sorted(needed), wanted, keep, accumulators, hold)
         for name in accumulators:
             if name in self.kept and name not in wanted:
                 for index in range(self.batch_count):
@@ -145,7 +164,7 @@ class Frontier:
         return tensor is None or isinstance(tensor, gs.Constant)
 
     def _run_segment(self, needed: list[int], wanted: list[str], keep: list[str],
-                     accumulators: dict[str, list[Accumulator]]) -> None:
+                     accumulators: dict[str, list[Accumulator]], hold: list[str] = ()) -> None:
         nodes = [self.nodes[i] for i in needed]
         made = {t.name for node in nodes for t in node.outputs}
         inputs = sorted({n for node_index in needed for n in self.reads[node_index]
@@ -167,6 +186,8 @@ class Frontier:
                 raise SpaError(f"calibration run failed: {first_line(error)}") from None
             for name in wanted:
                 _feed(name, values[name], accumulators[name])
+                if name in hold:
+                    self.held.setdefault(name, {})[index] = values[name]
             for name in keep:
                 self.kept.add(name, index, values[name])
 

@@ -13,6 +13,8 @@ in graph order, each measured after the ones upstream of it were corrected.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -67,16 +69,18 @@ def correct_statistics(graph: gs.Graph, layers: list[LinearLayer], reference: di
     with Frontier(graph, calibration, ir_version, written, budget, removed) as frontier:
         for task, layer in enumerate(progress(ordered, "statistics correction")):
             now = Moments(layer.channel_axis)
-            frontier.measure({layer.output.name: [now]})
+            norm = _following_batchnorm(layer)
+            rows_change = norm is None and layer.bias is not None
+            frontier.measure({layer.output.name: [now]}, hold=[layer.output.name] if rows_change else [])
             before = reference[layer.node.name]
             kept = np.setdiff1d(np.arange(len(before.mean)), sorted(removed_outputs.get(layer.node.name, ())))
             ratio = _std_ratio(before.variance, now.variance, before.mean)
-            norm = _following_batchnorm(layer)
+            updates = {}
             if norm is not None:
                 _restore_batchnorm(norm, before.mean, now.mean, ratio, kept)
-            elif layer.bias is not None:
-                _restore_rows(layer, before.mean, now.mean, ratio, kept)
-            frontier.done_with(task)
+            elif rows_change:
+                updates[layer.output.name] = _restore_rows(layer, before.mean, now.mean, ratio, kept)
+            frontier.done_with(task, updates)
 
 
 def _weights_written(layer: LinearLayer) -> set[str]:
@@ -123,8 +127,17 @@ def _restore_batchnorm(norm: gs.Node, mean_before: np.ndarray, mean_after: np.nd
 
 
 def _restore_rows(layer: LinearLayer, mean_before: np.ndarray, mean_after: np.ndarray,
-                  ratio: np.ndarray, kept: np.ndarray) -> None:
+                  ratio: np.ndarray, kept: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Scale and shift the layer's rows; returns what that does to its output's values
+    (the frontier keeps those instead of running the layer again)."""
     factors, shifts = np.ones(len(ratio)), np.zeros(len(ratio))
     factors[kept] = 1 / ratio[kept]
     shifts[kept] = mean_before[kept] - factors[kept] * mean_after[kept]
     layer.scale_outputs(factors, shifts)
+    axis = layer.channel_axis
+
+    def update(values: np.ndarray) -> np.ndarray:
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        return values * factors.reshape(shape).astype(values.dtype) + shifts.reshape(shape).astype(values.dtype)
+    return update
