@@ -266,3 +266,37 @@ def test_correction_keeps_its_scaled_outputs_instead_of_running_the_layers_again
     assert corrected and ours.keys() == theirs.keys()
     for key, value in theirs.items():
         np.testing.assert_allclose(ours[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_updated_outputs_let_what_their_layers_read_go():
+    """A chain of MatMul+Add layers corrected in order: each task's held output is kept,
+    updated, and what the layer read is dropped once nothing will run the layer again, so
+    the kept activations stay a few, however deep the chain."""
+    rng = np.random.default_rng(3)
+    depth, width = 8, 6
+    nodes, current = [], gs.Variable("x", np.float32, [4, width])
+    weights = []
+    for i in range(depth):
+        w = gs.Constant(f"w{i}", rng.standard_normal((width, width)).astype(np.float32))
+        b = gs.Constant(f"b{i}", rng.standard_normal(width).astype(np.float32))
+        product, added, relu = (gs.Variable(f"{kind}{i}", np.float32) for kind in ("p", "a", "r"))
+        nodes += [gs.Node("MatMul", f"mm{i}", inputs=[current, w], outputs=[product]),
+                  gs.Node("Add", f"add{i}", inputs=[product, b], outputs=[added]),
+                  gs.Node("Relu", f"relu{i}", inputs=[added], outputs=[relu])]
+        weights.append({w.name, b.name})
+        current = relu
+    graph = gs.Graph(nodes=nodes, inputs=[nodes[0].inputs[0]], outputs=[current], opset=17)
+    data = rng.standard_normal((4, width)).astype(np.float32)
+    calibration = Calibration("test", [], 4, lambda: iter([{"x": data}]))
+    most, previous = 0, data
+    with Frontier(graph, calibration, 8, weights) as frontier:
+        for task in range(depth):
+            seen: list[np.ndarray] = []
+            frontier.measure({f"a{task}": [seen.append]}, hold=[f"a{task}"])
+            frontier.done_with(task, {f"a{task}": lambda values: values * 2})
+            most = max(most, len(frontier.kept.names()))
+            if task:  # the previous layer's output, doubled by its update, is what this one read
+                expected = np.maximum(previous * 2, 0) @ graph.tensors()[f"w{task}"].values + graph.tensors()[f"b{task}"].values
+                np.testing.assert_allclose(seen[0], expected, rtol=1e-5)
+            previous = seen[0]
+    assert most <= 3

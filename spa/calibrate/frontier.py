@@ -109,7 +109,22 @@ class Frontier:
                 continue
             for batch, value in held[name].items():
                 self.kept.add(name, batch, update(value))
-            self.computed.add(node)
+            self._computed_from(node, final)
+
+    def _computed_from(self, node: int, final: list[bool]) -> None:
+        """`node`'s outputs are kept: it, and every final node upstream whose outputs only
+        computed nodes read, will not run again (so what they read can be dropped)."""
+        pending = [node]
+        while pending:
+            index = pending.pop()
+            if index in self.computed:
+                continue
+            self.computed.add(index)
+            for name in self.reads[index]:
+                before = self.producer.get(name)
+                if before is not None and final[before] and all(
+                        r in self.computed for t in self.nodes[before].outputs for r in self.readers.get(t.name, ())):
+                    pending.append(before)
 
     def measure(self, accumulators: dict[str, list[Accumulator]], hold: Iterable[str] = ()) -> None:
         """Pass every batch's value of each requested tensor to its accumulators; keep
@@ -176,7 +191,10 @@ class Frontier:
         renormalize_in_model(model, [node for node in nodes if id(node) in self.renormalized], folded)
         mask_in_model(model, norm_masks(nodes, self.removed))
         weights = _external_weights_as_inputs(model, self.tensors, held)
-        runner = session(model, optimize="all", spinning=False, initializers=held)  # numpy works between runs: no spinning threads
+        # Convs run on onnxruntime's blocked NCHWc kernels only with its full optimizations (2x
+        # faster); elsewhere those add fusions that cost memory and gave no measured speed
+        optimize = "all" if any(node.op == "Conv" for node in nodes) else "basic"
+        runner = session(model, optimize=optimize, spinning=False, initializers=held)  # numpy works between runs: no spinning threads
         del model, held
         for index in range(self.batch_count):
             feeds = {name: np.asarray(self.kept.get(name, index)) for name in inputs} | weights

@@ -98,6 +98,11 @@ class LinearLayer:
 
     def columns(self, member: Member) -> list[np.ndarray]:
         """Per channel of the member's group: its columns in `matrix()`."""
+        widths = {len(index) for index in member.index}
+        if len(widths) == 1:  # every channel owns as many positions: one array operation for all
+            positions = np.asarray(member.index, dtype=np.int64)  # [channels, positions]
+            offsets = np.arange(self.kernel_size)
+            return list((positions[:, :, None] * self.kernel_size + offsets).reshape(len(positions), -1))
         return [self.position_columns(index) for index in member.index]
 
     def position_columns(self, positions) -> np.ndarray:

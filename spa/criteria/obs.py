@@ -221,6 +221,7 @@ class _Eliminated:
         else:
             widest = sorted((len(b) for b in blocks), reverse=True)[:count]
             self.columns = _DenseColumns(inverse, sum(widest))
+        self.total = len(blocks)
         self.by_size: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for size in {len(b) for b in blocks} - {0}:
             channels = np.array([c for c, b in enumerate(blocks) if len(b) == size], dtype=np.intp)
@@ -230,11 +231,12 @@ class _Eliminated:
     def costs(self, weight: np.ndarray, channels: list[int]) -> np.ndarray:
         """tr(W_q (H⁻¹_qq)⁻¹ W_qᵀ) per channel."""
         out = np.zeros(len(channels))
-        where = {c: i for i, c in enumerate(channels)}
+        where = np.full(self.total, -1, dtype=np.intp)  # channel -> its place in `channels`
+        where[channels] = np.arange(len(channels))
         for members, index, diagonal in self.by_size.values():
-            rows = np.array([i for i, c in enumerate(members) if c in where], dtype=np.intp)
+            rows = np.flatnonzero(where[members] >= 0)
             if rows.size:
-                out[[where[c] for c in members[rows]]] = _traces(weight, index[rows], diagonal[rows])
+                out[where[members[rows]]] = _traces(weight, index[rows], diagonal[rows])
         return out
 
     def eliminate(self, weight: np.ndarray, q: np.ndarray) -> None:
