@@ -118,3 +118,16 @@ def test_a_hessian_from_shifted_products_equals_the_one_from_rows(samples):
     if plain.rows is not None:
         np.testing.assert_array_equal(shifted.rows, plain.rows)
     np.testing.assert_allclose(shifted.matrix, plain.matrix, rtol=1e-5, atol=1e-4)
+
+
+def test_a_hessian_from_shifted_products_takes_batches_of_other_sizes():
+    """Images of different sizes cannot share one product: each size gets its own."""
+    from spa.calibrate.collect import Hessian
+    rng = np.random.default_rng(4)
+    layer = _layer(np.zeros((2, 3, 3, 3), np.float32), np.zeros(2, np.float32), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    plain, shifted = Hessian(layer.features), Hessian(layer.features, layer.gram, layer.feature_shape)
+    for size in [(6, 5), (6, 5), (4, 7), (6, 5)]:
+        batch = rng.standard_normal((2, 3, *size)).astype(np.float32)
+        plain(batch)
+        shifted(batch)
+    np.testing.assert_allclose(shifted.matrix, plain.matrix, rtol=1e-5, atol=1e-4)
