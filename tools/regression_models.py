@@ -435,6 +435,21 @@ def local_functions() -> onnx.ModelProto:
     return model
 
 
+def ort_fused_gemm_names() -> onnx.ModelProto:
+    """A graph onnxruntime optimized and saved: its MatMul+Add fusion left Reshape -> Gemm ->
+    Reshape with shape initializers named gemm_input_shape, gemm_output_shape(_token_N);
+    static shapes and a MatMul without a bias after it (which compensation gives one)."""
+    g = Graph(17)
+    x = g.op("Reshape", ["input", g.ints([8, 16])])
+    named = {"gemm_input_shape": [8, 16], "gemm_output_shape": [1, 8, 32], "gemm_output_shape_token_0": [1, 8, 16]}
+    g.initializers += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in named.items()]
+    h = g.op("Gemm", [x, g.weight(16, 32), g.const(np.zeros(32, np.float32))])
+    h = g.op("Relu", [g.op("Reshape", [h, "gemm_output_shape"])])
+    y = g.op("MatMul", [h, g.weight(32, 16)])
+    y = g.op("Add", [g.op("Reshape", [g.op("Reshape", [y, g.ints([8, 16])]), "gemm_output_shape_token_0"]), "input"])
+    return g.model([tensor("input", [1, 8, 16])], [tensor(y, [1, 8, 16])])
+
+
 BUILDERS = {name: value for name, value in globals().items()
             if callable(value) and value.__module__ == __name__ and value.__doc__
             and name not in ("Graph", "tensor", "layer_norm", "main") and not name.startswith("_")}

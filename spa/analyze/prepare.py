@@ -12,8 +12,15 @@ model:
   `reshare` merges the copies that are still equal after pruning. A constant with distinct
   values read by several nodes (a tied embedding, ALBERT's one layer used at every depth)
   is shared for real and stays shared: it couples its readers, and `spa inspect` says so.
+
+A graph onnxruntime optimized and saved holds the shape initializers its MatMul+Add fusion
+named `gemm_input_shape`, `gemm_output_shape_token_3`, ...: those get new names, because
+that fusion picks its names among node names only and fails on a session of a graph where
+it fuses again (a calibration segment with concrete shapes, a MatMul given a bias).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -33,6 +40,23 @@ def prepare(graph: gs.Graph) -> None:
     _bypass_constant_identities(graph)
     _fold_layout_of_constants(graph)
     _unshare_uniform_constants(graph)
+    _rename_fusion_shapes(graph)
+
+
+FUSION_SHAPE = re.compile(r"gemm_(input|output)_shape(_token_\d+)?")  # onnxruntime's MatMulAddFusion's names
+
+
+def _rename_fusion_shapes(graph: gs.Graph) -> None:
+    """Initializers named as onnxruntime's MatMul+Add fusion names the shapes it adds get
+    other names (see the module docstring)."""
+    tensors = graph.tensors()
+    for name, tensor in list(tensors.items()):
+        if isinstance(tensor, gs.Constant) and FUSION_SHAPE.fullmatch(name):
+            new_name = f"spa_{name}"
+            while new_name in tensors:
+                new_name = f"spa_{new_name}"
+            tensor.name = new_name
+            tensors[new_name] = tensor
 
 
 def _fold_layout_of_constants(graph: gs.Graph) -> None:
