@@ -381,7 +381,9 @@ def _how(args: argparse.Namespace, report: dict) -> str:
             next(f"target {name} {value}" for name, value in targets.items() if value is not None))
     calibration = report["calibration"]
     source = calibration and calibration["source"] + (" + BatchNorm" if calibration["batchnorm"] else "")
-    data = f", calibration {source} ({calibration['samples']} samples)" if calibration else ""
+    size = calibration and calibration.get("open_size")
+    data = (f", calibration {source} ({calibration['samples']} samples{f', open dims of size {size}' if size else ''})"
+            if calibration else "")
     stats = ", statistics corrected" if report["correct_stats"] else ""
     return f"{args.criterion}, {args.scope} {goal}, round-to {args.round_to}{data}{stats}"
 

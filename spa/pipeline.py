@@ -67,6 +67,8 @@ def run(loaded: Loaded, plan: Plan, calibration: Calibration | None, outputs: Ou
         raise SpaError("a model with external data is checked as it is written: pass output=PATH")
     drop_session = verify and calibration is not None and _model_bytes(loaded) > KEPT_SESSION_BYTES
     reference = reference_run(loaded, calibration, seed) if verify else None
+    if reference is not None and reference.calibration is not None:
+        calibration = reference.calibration  # synthetic data at an image size the model takes
     if reference is not None and drop_session:
         # calibration passes hold one layer's statistics at a time: a big input's session would
         # stay alive through them, so the zeroed model gets a session of its own instead

@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from spa.calibrate.sources import Calibration
 from spa.errors import SpaError, first_line
 from spa.io.export import export
 from spa.io.inputs import InputMaker
@@ -42,21 +43,24 @@ class Reference:
     outputs: list[np.ndarray]
     dense: WeightedSession | None = None
     output_names: tuple[str, ...] = ()
+    calibration: Calibration | None = None  # the calibration `feeds` came from, at a size the model takes
 
 
 def reference_run(original: Loaded, calibration=None, seed: int = 0) -> Reference:
-    """Run the input model once: on a calibration batch if there is one, else on synthetic
-    inputs (open dims tried at the OPEN_DIMS sizes). Fails, naming the input, if onnxruntime
+    """Run the input model once: on a calibration batch if there is one (synthetic
+    calibration drawn again at the OPEN_DIMS sizes while the model rejects its sizes), else
+    on synthetic inputs (open dims tried at the OPEN_DIMS sizes). Fails, naming the input, if onnxruntime
     cannot run it (as it is: a failure with weights as inputs is tried again without)."""
     dense = _weighted_session(original)
     if dense is not None:
         with contextlib.suppress(SpaError):
-            feeds, outputs = _first_run(original, calibration, seed,
-                                        lambda feeds: dense.run(feeds, what="the input model"))
-            return Reference(feeds, outputs, dense, _output_names(original))
+            feeds, outputs, calibration = _first_run(original, calibration, seed,
+                                                     lambda feeds: dense.run(feeds, what="the input model"))
+            return Reference(feeds, outputs, dense, _output_names(original), calibration)
     source = original.path if original.external else original.model
-    feeds, outputs = _first_run(original, calibration, seed, lambda feeds: run(source, feeds, "the input model"))
-    return Reference(feeds, outputs, None, _output_names(original))
+    feeds, outputs, calibration = _first_run(original, calibration, seed,
+                                             lambda feeds: run(source, feeds, "the input model"))
+    return Reference(feeds, outputs, None, _output_names(original), calibration)
 
 
 def _output_names(original: Loaded) -> tuple[str, ...]:
@@ -75,13 +79,11 @@ def _weighted_session(original: Loaded) -> WeightedSession | None:
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _first_run(original: Loaded, calibration, seed: int,
-               runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
-    """The first feeds `runner` runs the model on, and its outputs."""
-    if calibration is not None:
-        feeds = next(iter(calibration.batches()), None)
-        if feeds is not None:
-            return feeds, runner(feeds)
+def _first_run(original: Loaded, calibration: Calibration | None, seed: int,
+               runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray], Calibration | None]:
+    """The first feeds `runner` runs the model on, its outputs, and the calibration they came from."""
+    if calibration is not None and calibration.samples:
+        return _first_calibration_run(calibration, runner)
     maker = InputMaker(original.model)
     failure: SpaError | None = None
     tried = set()
@@ -92,13 +94,36 @@ def _first_run(original: Loaded, calibration, seed: int,
             continue
         tried.add(shapes)
         try:
-            return feeds, runner(feeds)
+            return feeds, runner(feeds), None
         except SpaError as error:  # try the next size, then report
             failure = failure or error
     if len(tried) > 1:
         raise SpaError(f"{failure} (synthetic inputs with open dims of size {', '.join(str(s) for _, s in OPEN_DIMS)}; "
                        "--calib DATA gives inputs it takes)")
     raise failure
+
+
+def _first_calibration_run(calibration: Calibration,
+                           runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray], Calibration]:
+    """The first calibration batch, the model's outputs on it, and the calibration. Synthetic
+    calibration whose guessed size the model rejects (strides and skip connections that need
+    a multiple of 32, say) is drawn again at the OPEN_DIMS sizes, the first that runs kept."""
+    feeds = next(iter(calibration.batches()))
+    try:
+        return feeds, runner(feeds), calibration
+    except SpaError as error:
+        if calibration.resized is None:
+            raise
+        failure = error
+    tried = [calibration.open_size]
+    for size in dict.fromkeys(size for _, size in OPEN_DIMS if size not in tried):
+        tried.append(size)
+        candidate = calibration.resized(size)
+        feeds = next(iter(candidate.batches()))
+        with contextlib.suppress(SpaError):
+            return feeds, runner(feeds), candidate
+    raise SpaError(f"{failure} (synthetic calibration inputs with open dims of size {', '.join(map(str, tried))}; "
+                   "--calib DATA gives inputs it takes)")
 
 
 @dataclass

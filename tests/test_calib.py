@@ -85,6 +85,22 @@ def test_npz_by_name_feeds_every_input(tmp_path):
     _run(TWO, feed)
 
 
+FLAGGED = _model([("x", TensorProto.FLOAT, ["N", 3]), ("deterministic", TensorProto.BOOL, [])])
+
+
+def test_a_scalar_input_takes_its_one_value_in_every_batch(tmp_path):
+    """A flag or a sample rate has no batch axis: files give it as a 0-d array, synthetic
+    calibration draws it once, and every batch gets that value."""
+    x = np.random.rand(5, 3).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, deterministic=np.array(True))
+    feeds = list(load_calibration(tmp_path / "d.npz", FLAGGED).batches(2))
+    assert [len(f["x"]) for f in feeds] == [2, 2, 1] and all(f["deterministic"].shape == () for f in feeds)
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in feeds]), x)
+    feeds = list(synthetic_calibration(FLAGGED, samples=40).batches(16))
+    assert [len(f["x"]) for f in feeds] == [16, 16, 8] and all(f["deterministic"].shape == () for f in feeds)
+    _run(FLAGGED, feeds[0])
+
+
 def test_single_array_npz_with_any_name(tmp_path):
     np.savez(tmp_path / "d.npz", whatever=np.ones((4, 3), np.float32))
     assert _sizes(load_calibration(tmp_path / "d.npz", ONE)) == [4]
@@ -197,6 +213,12 @@ def _write(tmp_path, kind):
             ones = np.ones((2, seq), np.int64)
             np.savez(tmp_path / "dir" / f"{i}.npz", input_ids=ones, attention_mask=ones)
         return tmp_path / "dir", _gather_model(), ["1.npz", "'input_ids'", "'seq'"]
+    if kind == "samples for a scalar":
+        np.savez(npz, x=np.ones((2, 3), np.float32), deterministic=np.ones(2, bool))
+        return npz, FLAGGED, ["bad.npz", "'deterministic'", "scalar"]
+    if kind == "only scalars":
+        np.savez(npz, deterministic=np.array(True))
+        return npz, _model([("deterministic", TensorProto.BOOL, [])]), ["'deterministic'", "batch axis"]
     if kind == "too few for static batch":
         np.savez(npz, x=np.ones((3, 3), np.float32))
         return npz, _static(4), ["bad.npz", "4"]
@@ -206,7 +228,7 @@ def _write(tmp_path, kind):
 ERRORS = [
     "missing file", "missing folder", "empty folder", "corrupt npz", "truncated npy", "missing input",
     "several arrays, no match", "wrong static dim", "wrong rank", "different counts", "float for int",
-    "npy for two inputs", "symbol mismatch", "too few for static batch",
+    "npy for two inputs", "symbol mismatch", "too few for static batch", "samples for a scalar", "only scalars",
 ]
 
 

@@ -97,6 +97,22 @@ def test_synthetic_inputs_the_model_takes(name):
     assert result.channels_removed > 0
 
 
+def test_synthetic_calibration_at_a_size_the_model_takes():
+    """Class 5: data-free obs calibrates on synthetic images; where the first size it draws
+    (16) is one the model rejects, it draws them again at a size the model runs."""
+    result = spa.prune(str(REGRESSION / "open_size_skip.onnx"), RATIO, criterion="obs", round_to=1)
+    assert result.channels_removed > 0
+    assert result.report["calibration"]["samples"] == spa.api.SYNTHETIC_SAMPLES
+    assert result.report["calibration"]["open_size"] == 64  # 16 and 8 fail
+
+
+def test_scalar_inputs_keep_their_value_through_calibration():
+    """Class 5: a scalar input (flax's `deterministic`) has no batch axis: data-free obs
+    feeds its one value to every calibration batch instead of refusing the model."""
+    result = spa.prune(str(REGRESSION / "scalar_flag.onnx"), RATIO, criterion="obs", round_to=1)
+    assert result.channels_removed > 0
+
+
 @pytest.mark.parametrize("name, heads, head_dim", [("fused_qkv_unbind", 4, 8), ("per_head_norm", 4, 8),
                                                    ("onnx_attention_gqa", 2, 8), ("onnx_attention_3d", 4, 8),
                                                    ("multi_head_attention", 4, 8), ("ort_optimized_bert", 4, 8),

@@ -106,7 +106,7 @@ def test_data_criteria_without_calibration_use_synthetic_inputs(criterion):
     model = dead_model()
     result = spa.prune(model, 0.25, criterion=criterion, round_to=1)
     assert result.report["calibration"] == {"source": "synthetic", "samples": spa.api.SYNTHETIC_SAMPLES,
-                                            "batchnorm": True, "inputs": None}
+                                            "batchnorm": True, "inputs": None, "open_size": None}
     assert result.report["correct_stats"] is False
     assert removed(result) == [1]  # dead on any input
     onnx.checker.check_model(result.model, full_check=True)

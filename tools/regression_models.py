@@ -236,6 +236,28 @@ def dynamic_image() -> onnx.ModelProto:
     return g.model([tensor("input", ["unk__1", 3, "unk__2", "unk__3"])], [tensor(y, ["unk__4", 4])])
 
 
+def open_size_skip() -> onnx.ModelProto:
+    """Open H and W (tf2onnx's unk__N) and a skip connection across five stride-2 convs and
+    one 32x upsampling, as in U-Nets and detectors' feature pyramids: only multiples of 32 run
+    (16, the size synthetic calibration guesses first, does not)."""
+    g = Graph(19)
+    skip = g.op("Relu", [g.conv("input", 3, 16, pads=[1, 1, 1, 1])])
+    x = skip
+    for _ in range(5):
+        x = g.op("Relu", [g.conv(x, 16, 16, strides=[2, 2], pads=[1, 1, 1, 1])])
+    up = g.op("Resize", [x, "", g.const(np.array([1, 1, 32, 32], np.float32), "scales")], mode="nearest")
+    y = g.conv(g.op("Add", [up, skip]), 16, 4, k=1)
+    return g.model([tensor("input", ["unk__1", 3, "unk__2", "unk__3"])], [tensor(y, ["unk__4", 4, "unk__5", "unk__6"])])
+
+def scalar_flag() -> onnx.ModelProto:
+    """jax2onnx's flax models take `deterministic`, a bool scalar input with no batch axis
+    (dropout on or off), beside the batched data: an MLP that halves its hidden units without it."""
+    g = Graph(23)
+    h = g.op("Relu", [g.linear("input", 16, 32)])
+    h = g.op("Where", ["deterministic", h, g.op("Mul", [h, g.const(np.array(0.5, np.float32))])])
+    y = g.linear(h, 32, 8)
+    return g.model([tensor("input", ["B", 16]), tensor("deterministic", [], TensorProto.BOOL)], [tensor(y, ["B", 8])])
+
 # --- 6. attention the analysis must see -------------------------------------------------------
 
 def _attention_tail(g: Graph, q: str, k: str, v: str, head_dim: int) -> str:

@@ -29,11 +29,12 @@ _ACCEPTS = {"f": "fiu", "i": "iub", "u": "iub", "b": "b"}  # input dtype kind ->
 
 
 def _fixed_batch(specs: list[InputSpec]) -> int | None:
-    """The static batch size B if some input fixes axis 0, else None (any batch size works)."""
-    for spec in specs:
-        if not spec.shape:
-            raise SpaError(f"input {spec.name!r} is a scalar: it has no batch axis to calibrate over")
-    fixed = {spec.shape[0] for spec in specs if isinstance(spec.shape[0], int)}
+    """The static batch size B if some input fixes axis 0, else None (any batch size works).
+    Scalar inputs (a flag, a sample rate) have no batch axis: every batch gets their one value."""
+    if specs and all(not spec.shape for spec in specs):
+        raise SpaError(f"every input of the model is a scalar ({', '.join(repr(s.name) for s in specs)}): "
+                       "there is no batch axis to calibrate over")
+    fixed = {spec.shape[0] for spec in specs if spec.shape and isinstance(spec.shape[0], int)}
     if len(fixed) > 1:
         raise SpaError(f"model inputs disagree on the batch size: {sorted(fixed)}")
     return fixed.pop() if fixed else None
@@ -53,6 +54,10 @@ class Calibration:
     # data-free: per Conv output, the (mean, std) estimated for a BatchNorm folded into it,
     # taken from the model before pruning (spa.calibrate.batchnorm.folded_estimates)
     folded: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    # synthetic, with open sizes past the batch axis: the size they take, and the same
+    # calibration with another (a model may reject the first guess: verify tries others)
+    open_size: int | None = None
+    resized: Callable[[int], Calibration] | None = None
 
     def _step(self, batch_size: int) -> int:
         if batch_size < 1:
@@ -71,13 +76,15 @@ class Calibration:
         """Feeds for onnxruntime, dtype = input dtype; stops reading once `samples` are fed."""
         step, fed, pending, size = self._step(batch_size), 0, [], 0
         for chunk in self.chunks():
-            count, start = len(next(iter(chunk.values()))), 0
+            scalars = {k: v for k, v in chunk.items() if not v.ndim}  # the same value in every batch
+            batched = {k: v for k, v in chunk.items() if v.ndim}
+            count, start = len(next(iter(batched.values()))), 0
             while start < count and fed + size < self.samples:
                 take = min(count - start, step - size, self.samples - fed - size)
-                pending.append({k: v[start : start + take] for k, v in chunk.items()})
+                pending.append({k: v[start : start + take] for k, v in batched.items()})
                 size, start = size + take, start + take
                 if size == step or fed + size == self.samples:
-                    yield {k: np.concatenate([p[k] for p in pending]) for k in chunk}
+                    yield {**{k: np.concatenate([p[k] for p in pending]) for k in batched}, **scalars}
                     fed, pending, size = fed + size, [], 0
             if fed >= self.samples:
                 return
@@ -151,7 +158,10 @@ def _scan(path: Path, specs: list[InputSpec], symbols: dict[str, int]) -> _Piece
         if path.suffix == ".npy" and len(shape) == len(spec.shape) - 1:
             shape, one_sample = (1, *shape), True
         if len(shape) != len(spec.shape):
-            raise SpaError(f"{label} has shape {list(shape)}; the input is {spec.shape} (samples on axis 0)")
+            layout = "a scalar, one value for every sample" if not spec.shape else "samples on axis 0"
+            raise SpaError(f"{label} has shape {list(shape)}; the input is {spec.shape} ({layout})")
+        if not spec.shape:
+            continue
         for axis, (dim, got) in enumerate(zip(spec.shape[1:], shape[1:]), 1):
             want = symbols.setdefault(dim, got) if isinstance(dim, str) else dim
             if want is not None and want != got:
@@ -219,4 +229,7 @@ def synthetic_calibration(
     calibration = _finish("synthetic", specs, samples, None, chunks)
     calibration.batchnorm, calibration.estimate_folded = batchnorm, batchnorm and estimate_folded
     calibration.inputs = recipe.describe() if recipe is not None else None
+    if maker.has_open_sizes():
+        calibration.open_size = default_dim
+        calibration.resized = lambda size: synthetic_calibration(model, samples, seed, size, batchnorm, estimate_folded)
     return calibration

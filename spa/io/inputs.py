@@ -202,6 +202,12 @@ class InputMaker:
             dims[0] = batch_dim
         return concrete_shape(dims, dim_values, default_dim)
 
+    def has_open_sizes(self) -> bool:
+        """Does some input have an open axis past the batch axis that the graph does not fix
+        (an image's H or W, a sequence length)? Synthetic inputs then guess its size."""
+        return any(not isinstance(self.implied.get((spec.name, k), dim), int)
+                   for spec in self.specs for k, dim in enumerate(spec.shape) if k > 0)
+
     def values(self, spec: InputSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
         kind = spec.dtype.kind
         if kind == "f":
