@@ -13,6 +13,7 @@ from conftest import REGRESSION, ROOT
 
 import spa
 import spa.api
+from spa.errors import SpaError
 
 sys.path.insert(0, str(ROOT / "tools"))
 import corpus_check  # noqa: E402
@@ -88,6 +89,8 @@ def test_quantized_models_prune(name):
     assert sum(g.prunable and g.exact for g in groups) >= 5
     report = spa.prune(str(path), RATIO, round_to=1).report
     assert report["after"]["params"] < 0.7 * report["before"]["params"]
+    with pytest.raises(SpaError, match=r"can score none .*is quantized \((DequantizeLinear|QLinearConv) "):
+        spa.prune(str(path), RATIO, criterion="obs", round_to=1)  # obs compensates float weights only: it says so
 
 
 @pytest.mark.parametrize("name", ["token_types", "dynamic_image"])

@@ -226,7 +226,16 @@ def _as_layer(nodes: list[gs.Node], member: Member) -> tuple[LinearLayer | None,
         return LinearLayer(node, node.inputs[1], bias, output), None
     if op in ("Conv", "Gemm", "MatMul"):
         return None, f"{op} '{node.name}' reads '{name}' in a layout spa does not measure"
+    if op in QUANTIZED_READERS:
+        return None, (f"weight '{name}' is quantized ({op} '{node.name}'): data criteria measure and "
+                      "compensate float layers; magnitude criteria prune quantized ones")
     return None, None  # a channel-wise parameter (scale, shift): not a layer of its own
+
+
+# Nodes that read an integer weight: a quantized layer (QDQ's DequantizeLinear, or QOperator's
+# own ops), whose compensated weights would have to be quantized again.
+QUANTIZED_READERS = {"DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
+                     "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits", "QAttention"}
 
 
 def _bias_input(node: gs.Node, index: int) -> gs.Constant | None:
