@@ -147,3 +147,19 @@ def test_weights_onnxruntime_will_not_take_as_inputs_fall_back(tmp_path, monkeyp
     with pytest.raises(SpaError, match="differs from the zeroed model"):
         spa.prune(_saved(tmp_path, duplicate_model()), 0.25, round_to=1, output=tmp_path / "out.onnx")
     assert sessions[0] == "ModelProto" and len(sessions) == 3
+
+
+def test_an_onnxruntime_failure_reads_as_one_line_without_its_source_location():
+    """The C++ file, line and signature onnxruntime puts mid-message are cut, so the line
+    (300 characters at most) keeps the part that says what was wrong."""
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])], "g",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", "M"]) for n in "ab"],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None)]), ir_version=8,
+        opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"a": np.ones((2, 16), np.float32), "b": np.ones((2, 32), np.float32)}
+    with pytest.raises(SpaError) as error:
+        spa.io.runtime.run(model, feeds, "the model")
+    message = str(error.value)
+    assert "\n" not in message and ".h:" not in message and "onnxruntime::" not in message
+    assert "16 by 32" in message, message

@@ -98,5 +98,5 @@ def _short(error: BaseException) -> str:
     text = first_line(error)
     while text.startswith("[ONNXRuntimeError]") and " : " in text:
         text = text.split(" : ", 3)[-1] if text.count(" : ") >= 3 else text.split(" : ", 1)[-1]
-    text = re.sub(r"^\S+\.(h|cc|cpp):\d+ .*?\) (?=[A-Z])", "", text)  # a C++ source location and signature
+    text = re.sub(r"(^|(?<= ))\S+\.(h|cc|cpp):\d+ ([^()]*\([^()]*\)( const)? )?", "", text)  # C++ location, signature
     return text[:300]
