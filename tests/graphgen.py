@@ -203,10 +203,24 @@ def _channel_add(draw: Draw, t: _Trunk) -> None:
     t.x = t.g.op("Add", [t.x, t.g.param("channel_bias", [1, t.c, 1, 1], 0.5)])
 
 
+def _channel_norm(draw: Draw, t: _Trunk) -> None:
+    """x / sqrt(sum over channels of x² + eps), F.normalize's export: a sum over channels,
+    exact only where removed channels are 0 (after a Sigmoid they are 0.5)."""
+    if draw(st.booleans()):
+        t.x = t.g.op("Sigmoid", [t.x])
+    square = t.g.op("Mul", [t.x, t.x])
+    if draw(st.booleans()):
+        total = t.g.op("ReduceSum", [square, t.g.ints("axes", [1])], keepdims=1)
+    else:
+        total = t.g.op("ReduceSumSquare", [t.x], axes=[1], keepdims=1)
+    eps = t.g.constant("eps", np.array(1e-3, np.float32))
+    t.x = t.g.op("Div", [t.x, t.g.op("Sqrt", [t.g.op("Add", [total, eps])])])
+
+
 BLOCKS: dict[str, Callable[[Draw, _Trunk], None]] = {
     "conv": _conv, "conv_bn": _conv_bn, "activation": _activation, "residual": _residual,
     "se_gate": _se_gate, "concat": _concat, "split": _split, "grouped_conv": _grouped_conv,
-    "depthwise": _depthwise, "pool": _pool, "channel_add": _channel_add,
+    "depthwise": _depthwise, "pool": _pool, "channel_add": _channel_add, "channel_norm": _channel_norm,
 }
 
 

@@ -12,6 +12,7 @@ from spa.analyze import ops  # noqa: F401 - the op modules register their rules 
 from spa.analyze.registry import rule_for, unknown
 from spa.analyze.shape_uses import check_shape_uses
 from spa.analyze.shapes import trace_shape_values
+from spa.analyze.zeros import offset_reason
 
 __all__ = ["DEFAULT_TARGETS", "KINDS", "Analysis", "Group", "Member", "analyze"]
 DEFAULT_TARGETS = ("channels", "heads", "mlp")  # every kind whose removal is exact
@@ -65,6 +66,9 @@ def _run_rule(state: AnalysisState, node: gs.Node) -> None:
         if index not in ctx.outputs_set:
             state.axes[tensor.name] = [None] * len(tensor.shape) if tensor.shape is not None else None
         _check_against_inferred(state, ctx, tensor)
+    reason = offset_reason(ctx)
+    if reason is not None:
+        state.offset.update((tensor.name, reason) for tensor in node.outputs)
 
 
 def _check_against_inferred(state: AnalysisState, ctx: NodeContext, tensor: gs.Tensor) -> None:

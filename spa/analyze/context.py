@@ -47,6 +47,7 @@ class AnalysisState:
     statistics: set[str] = field(default_factory=set)  # running mean/var: not scored by magnitude
     divisors: set[str] = field(default_factory=set)  # constants divided by: 1, not 0, is inert
     unsupported: dict[str, int] = field(default_factory=dict)  # op types without a rule -> nodes
+    offset: dict[str, str] = field(default_factory=dict)  # tensor -> why removed channels are not 0 there (zeros.py)
 
     def labels_of(self, tensor: gs.Tensor) -> AxisLabels | None:
         """Per-axis labels; initializers get fresh labels on first use; None if rank unknown."""

@@ -30,12 +30,21 @@ def MatMul(ctx: NodeContext) -> None:
     if a is None or b is None or len(a) < 2 or len(b) < 2:
         return unknown(ctx)
     ctx.unify(a[-1], b[-2])
+    _contracted_activations(ctx, [0, 1], a[-1])
     batch = _broadcast_batch(ctx, a[:-2], b[:-2])
     if ctx.is_const(1):
         ctx.new_space(b[-1], 1)
     if ctx.is_const(0):
         ctx.new_space(a[-2], 0)
     ctx.set_output(0, batch + [a[-2], b[-1]])
+
+
+def _contracted_activations(ctx: NodeContext, inputs: list[int], labels) -> None:
+    """A sum over channels of a product of activations counts the removed ones unless some
+    factor is 0 there (spa/analyze/zeros.py); a constant factor is zeroed with them."""
+    offsets = [ctx.state.offset.get(ctx.tensor(i).name) for i in inputs]
+    if not any(ctx.is_const(i) for i in inputs) and all(offsets):
+        ctx.inexact(labels, f"summed by {ctx.where()} where removed channels are not 0 ({offsets[0]})")
 
 
 def _broadcast_batch(ctx: NodeContext, a: AxisLabels, b: AxisLabels) -> AxisLabels:
@@ -85,6 +94,8 @@ def Einsum(ctx: NodeContext) -> None:
     for term, axes in zip(terms, operands):
         for letter, labels in zip(term, axes):
             letters[letter] = ctx.unify(letters[letter], labels) if letter in letters else labels
+    for letter in {letter for term in terms for letter in term if letter not in out}:
+        _contracted_activations(ctx, [i for i, term in enumerate(terms) if letter in term], letters[letter])
     for index, term in enumerate(terms):
         own = {letter for letter in term if letter in out and sum(letter in t for t in terms) == 1}
         if ctx.is_const(index):

@@ -1,5 +1,5 @@
 """Pooling and reductions: spatial axes go, channels stay; a reduction over channels
-is exact only for sums."""
+is exact only for sums, and only where the removed channels are 0 (spa/analyze/zeros.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,9 +28,12 @@ def reduce(ctx: NodeContext) -> None:
     reduced = _reduced_axes(ctx, x)
     if x is None or reduced is None:
         return unknown(ctx)
+    offset = ctx.state.offset.get(ctx.tensor(0).name)  # a sum counts removed channels that are not 0
     for k in reduced:
         if ctx.node.op not in EXACT_REDUCTIONS:
             ctx.inexact(x[k], f"reduced by {ctx.where()}")
+        elif offset is not None:
+            ctx.inexact(x[k], f"summed by {ctx.where()} where removed channels are not 0 ({offset})")
     keep = ctx.attr("keepdims", 1)
     out = [None if k in reduced else x[k] for k in range(len(x)) if keep or k not in reduced]
     ctx.set_output(0, out)
