@@ -112,7 +112,8 @@ def check(model: onnx.ModelProto, ratio: float = 0.4, seed: int = 0, feeds: dict
     result = OracleResult(len(chosen), sum(map(len, chosen.values())))
     if not result.channels:
         return result
-    pruned = api.prune(copy.deepcopy(zeroed), ratio, criterion="l2", round_to=1, seed=seed)
+    kinds = tuple(dict.fromkeys(groups[gid]["kind"] for gid in chosen))  # an exact hidden group too
+    pruned = api.prune(copy.deepcopy(zeroed), ratio, criterion="l2", round_to=1, seed=seed, targets=kinds)
     result.problems += _removed_problems(pruned.report, chosen, groups)
     result.problems += _interface_problems(zeroed, pruned.model)
     if feeds is None:

@@ -108,7 +108,7 @@ def _two_conv_model() -> onnx.ModelProto:
 
 def _two_conv_groups() -> list[dict]:
     rows = [[i] for i in range(6)]
-    hidden = {"id": 0, "size": 6, "prunable": True, "reason": None, "exact": True, "members": [
+    hidden = {"id": 0, "size": 6, "prunable": True, "reason": None, "exact": True, "kind": "channels", "members": [
         {"initializer": "conv_w0", "axis": 0, "index": rows},
         {"initializer": "conv_b0", "axis": 0, "index": rows},
         {"initializer": "conv_w1", "axis": 1, "index": rows}]}

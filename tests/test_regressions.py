@@ -138,14 +138,17 @@ def test_head_count_attributes_follow(name, attribute):
     assert counts and all(count == 2 for count in counts)
 
 
-def test_normalizations_over_channels_prune_only_when_asked():
-    """Class 7: ConvNeXt V2's GRN makes its MLP inexact: kept by default, pruned with
-    --include-inexact."""
+def test_a_mean_over_channels_keeps_its_divisor():
+    """Class 7: ConvNeXt V2's GRN divides each channel by the mean over channels of their
+    norms. The removed channels' norms are 0 there, so the MLP is exact once the mean keeps
+    its original divisor (the rewrite scales it by kept / original channels)."""
     path = REGRESSION / "global_response_norm.onnx"
-    [mlp] = [g for g in _groups(path, "mlp") if not g.exact]
-    assert mlp.prunable
-    assert spa.prune(str(path), RATIO, round_to=1).channels_removed == 0
-    assert spa.prune(str(path), RATIO, round_to=1, include_inexact=True).channels_removed == 16
+    [mlp] = [g for g in _groups(path, "mlp") if g.size == 32]
+    assert mlp.prunable and mlp.exact
+    pruned = spa.prune(str(path), RATIO, round_to=1).model  # verified against the zeroed model
+    [scale] = [t for t in pruned.graph.initializer if "_kept_share" in t.name]
+    assert onnx.numpy_helper.to_array(scale) == pytest.approx(16 / 32)
+    assert _check(path).oracle.startswith("exact 1 groups")
 
 
 def test_weight_standardization_is_not_exact_over_input_channels():

@@ -1,4 +1,4 @@
-"""Sums over channels (ReduceSum, a MatMul of two activations) are exact only where the
+"""Sums over channels (ReduceSum, ReduceMean, a MatMul of two activations) are exact only where the
 zeroed model's removed channels are 0: spa/analyze/zeros.py follows where they stop being 0."""
 from __future__ import annotations
 
@@ -37,11 +37,13 @@ EXACT = {"relu": True, "sigmoid": False, "exp": False, "add_scalar": False, "add
 
 def _summed_model(kind: str, contraction: str):
     """conv -> chain -> t; the channels of t are read by a 1x1 conv and summed over, by a
-    ReduceSum normalizing t, or by the Gram matrix of t (a MatMul of two activations)."""
+    ReduceSum or ReduceMean normalizing t, or by the Gram matrix of t (a MatMul of two
+    activations)."""
     g = GraphBuilder(seed=3)
     t = _chain(g, g.conv("x", 3, 8, 3), kind)
-    if contraction == "reduce":
-        total = g.op("ReduceSum", [t, g.ints("axes", [1])], keepdims=1)
+    if contraction in ("ReduceSum", "ReduceMean"):  # a mean keeps its divisor in the rewrite
+        total = (g.op("ReduceSum", [t, g.ints("axes", [1])], keepdims=1) if contraction == "ReduceSum" else
+                 g.op("ReduceMean", [t], axes=[1], keepdims=1))  # opset 17: axes an attribute
         read = g.op("Div", [t, g.op("Add", [g.op("Abs", [total]), g.constant("eps", np.array(1.0, np.float32))])])
         outputs = [(g.conv(read, 8, 4, 1), [1, 4, 6, 6])]
     else:
@@ -51,7 +53,7 @@ def _summed_model(kind: str, contraction: str):
     return g.build([tensor_info("x", [1, 3, 6, 6])], [tensor_info(name, shape) for name, shape in outputs])
 
 
-@pytest.mark.parametrize("contraction", ["reduce", "gram"])
+@pytest.mark.parametrize("contraction", ["ReduceSum", "ReduceMean", "gram"])
 @pytest.mark.parametrize("kind", EXACT)
 def test_a_sum_over_channels_is_exact_only_where_removed_channels_are_zero(kind, contraction):
     model = _summed_model(kind, contraction)

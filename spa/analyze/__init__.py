@@ -33,7 +33,7 @@ class Analysis:
     def prunable_groups(self, include_inexact: bool = False,
                         targets: tuple[str, ...] = DEFAULT_TARGETS) -> list[Group]:
         """Groups to prune: of a targeted kind, prunable, and exact unless inexact removal is
-        asked for (targeting "hidden" asks for it: hidden groups are never exact)."""
+        asked for (targeting "hidden" asks for it: hidden groups are seldom exact)."""
         return [g for g in self.groups if g.prunable and g.kind in targets
                 and (g.exact or include_inexact or g.kind == "hidden")]
 

@@ -48,6 +48,7 @@ class AnalysisState:
     divisors: set[str] = field(default_factory=set)  # constants divided by: 1, not 0, is inert
     unsupported: dict[str, int] = field(default_factory=dict)  # op types without a rule -> nodes
     offset: dict[str, str] = field(default_factory=dict)  # tensor -> why removed channels are not 0 there (zeros.py)
+    averaged: list[Labels] = field(default_factory=list)  # axes an exact ReduceMean averages over (a norm's statistic)
 
     def labels_of(self, tensor: gs.Tensor) -> AxisLabels | None:
         """Per-axis labels; initializers get fresh labels on first use; None if rank unknown."""

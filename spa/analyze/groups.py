@@ -261,12 +261,14 @@ def _add_kinds(state: AnalysisState, groups: list[Group]) -> None:
     for label, positions in state.head_labels:
         root = state.space.find(label)
         head_dims[root] = min(positions, head_dims.get(root, positions))
+    averaged = {int(root) for labels in state.averaged for root in state.space.roots(labels)}
     for group in groups:
         linear = bool(group.ops & LINEAR_OPS)
         dims = [head_dims[root] for root in group.roots if root in head_dims]
+        normalized = not group.exact or any(root in averaged for root in group.roots)  # by a norm, exact or not
         if dims and linear:
             group.kind, group.head_dim = "heads", min(dims)
-        elif linear and not group.exact and len(group.makers) > 1:  # several layers write it: a residual stream
+        elif linear and normalized and len(group.makers) > 1:  # several layers write it: a residual stream
             group.kind = "hidden"
         else:
             group.kind = "mlp" if linear else "channels"

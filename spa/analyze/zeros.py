@@ -24,29 +24,56 @@ NOT_ZERO_AT_ZERO = {"Sigmoid": "0.5", "HardSigmoid": "not 0", "Exp": "1", "Cos":
 # ops whose outputs are new channels made from zeroed rows, or scaled by zeroed parameters
 ZEROED_OUTPUTS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization",
                   "InstanceNormalization", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
-ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where", "PRelu")
+ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where", "PRelu")  # 0 only if every operand is
 
 
 def offset_reason(ctx: NodeContext) -> str | None:
     """Why the removed channels may not be 0 in the node's outputs, or None where they are 0."""
     state, node, op = ctx.state, ctx.node, ctx.node.op
-    offsets = [state.offset.get(t.name) for t in node.inputs if t.name and not isinstance(t, gs.Constant)]
+    operands = [t for t in node.inputs if t.name]
+    offsets = [state.offset.get(t.name) for t in operands if not isinstance(t, gs.Constant)]
     inherited = next((reason for reason in offsets if reason), None)
+    out = state.axes.get(node.outputs[0].name) or [] if node.outputs else []
     if op in NOT_ZERO_AT_ZERO:
         return f"{ctx.where()} is {NOT_ZERO_AT_ZERO[op]} at 0"
     if op == "Clip":
         return _clip(ctx) or inherited
-    if op in ZEROED_OUTPUTS:
-        weighted = any(isinstance(t, gs.Constant) for t in node.inputs[1:2]) or op in (
-            "BatchNormalization", "InstanceNormalization")
-        return None if weighted else inherited
-    if op == "Mul":  # a zero factor makes the product 0
-        return inherited if offsets and all(offsets) else None
+    if op in ZEROED_OUTPUTS:  # new channels from zeroed rows; other channel axes pass through
+        weighted = op in ("BatchNormalization", "InstanceNormalization") or isinstance(node.inputs[1], gs.Constant)
+        return None if weighted and sum(labels is not None for labels in out) <= 1 else inherited
+    if op == "Mul":  # a factor that is 0 at the removed channels makes the product 0
+        if any(not state.offset.get(t.name) and not _broadcast(state, t, out) for t in operands):
+            return None
+        return inherited or _first_broadcast(ctx, operands, out)
     if op in ("Div", "Mod"):
-        return offsets[0] if offsets else None
+        return offsets[0] if operands and not isinstance(operands[0], gs.Constant) else f"{ctx.where()} divides a constant"
     if op in ADDING:
-        return inherited or _unsliced_constant(state, ctx)
+        return inherited or _first_broadcast(ctx, operands, out)
     return inherited
+
+
+def _broadcast(state: AnalysisState, tensor: gs.Tensor, out: list) -> bool:
+    """Does `tensor` broadcast along some channel axis of the output (a scalar, a per-sample
+    statistic, a constant of size 1 there): the same value at every channel, removed or not?"""
+    axes = state.axes.get(tensor.name)
+    if axes is None:
+        axes = [None] * len(tensor.shape) if tensor.shape is not None else None
+    if axes is None or len(axes) > len(out):
+        return True
+    aligned = [None] * (len(out) - len(axes)) + list(axes)
+    return any(labels is not None and len(labels) > 1 and (mine is None or len(mine) != len(labels))
+               for labels, mine in zip(out, aligned))
+
+
+def _first_broadcast(ctx: NodeContext, operands: list[gs.Tensor], out: list) -> str | None:
+    """An operand broadcast along a channel axis adds (or multiplies in) the same value at the
+    removed channels; a constant only if it is not 0."""
+    for tensor in operands:
+        if isinstance(tensor, gs.Constant) and not np.any(_constant(tensor)):
+            continue
+        if _broadcast(ctx.state, tensor, out):
+            return f"{ctx.where()} brings '{tensor.name}' to every channel"
+    return None
 
 
 def _clip(ctx: NodeContext) -> str | None:
@@ -56,21 +83,6 @@ def _clip(ctx: NodeContext) -> str | None:
     high = bounds[1] if len(bounds) > 1 and bounds[1] is not None else node.attrs.get("max")
     if (low is not None and np.any(np.asarray(low) > 0)) or (high is not None and np.any(np.asarray(high) < 0)):
         return f"{ctx.where()} moves 0 to its bounds"
-    return None
-
-
-def _unsliced_constant(state: AnalysisState, ctx: NodeContext) -> str | None:
-    """A nonzero constant operand that is not sliced along some channel axis of the output
-    (a scalar, or size 1 there) adds itself to the removed channels."""
-    node = ctx.node
-    out = state.axes.get(node.outputs[0].name) or []
-    for tensor in node.inputs:
-        if not isinstance(tensor, gs.Constant) or len(tensor.shape) > len(out):
-            continue
-        shape = (1,) * (len(out) - len(tensor.shape)) + tuple(tensor.shape)
-        broadcast = any(labels is not None and shape[k] == 1 and len(labels) > 1 for k, labels in enumerate(out))
-        if broadcast and np.any(_constant(tensor)):
-            return f"{ctx.where()} adds a constant to every channel"
     return None
 
 

@@ -1,11 +1,13 @@
 """Pooling and reductions: spatial axes go, channels stay; a reduction over channels
-is exact only for sums, and only where the removed channels are 0 (spa/analyze/zeros.py)."""
+is exact only for sums and means, and only where the removed channels are 0
+(spa/analyze/zeros.py): a mean then keeps its original divisor."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
-from spa.analyze.context import AxisLabels, NodeContext
-from spa.analyze.registry import rule, unknown
+from spa.analyze.context import AxisLabels, NodeContext, RewriteContext
+from spa.analyze.registry import rewrite_hook, rule, unknown
 
 
 @rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", known=(0,))
@@ -30,13 +32,38 @@ def reduce(ctx: NodeContext) -> None:
         return unknown(ctx)
     offset = ctx.state.offset.get(ctx.tensor(0).name)  # a sum counts removed channels that are not 0
     for k in reduced:
-        if ctx.node.op not in EXACT_REDUCTIONS:
+        if ctx.node.op not in EXACT_REDUCTIONS + ("ReduceMean",):
             ctx.inexact(x[k], f"reduced by {ctx.where()}")
         elif offset is not None:
             ctx.inexact(x[k], f"summed by {ctx.where()} where removed channels are not 0 ({offset})")
+        elif ctx.node.op == "ReduceMean" and x[k] is not None:
+            ctx.state.averaged.append(x[k])
     keep = ctx.attr("keepdims", 1)
     out = [None if k in reduced else x[k] for k in range(len(x)) if keep or k not in reduced]
     ctx.set_output(0, out)
+
+
+@rewrite_hook("ReduceMean")
+def keep_the_mean_over_all_channels(rctx: RewriteContext, node: gs.Node) -> None:
+    """A mean over channels whose removed ones are 0 (the rule made it inexact otherwise) is
+    their sum over the original count: the kept ones' mean times kept / original count."""
+    x = rctx.state.axes.get(node.inputs[0].name)
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        axes = np.ravel(node.inputs[1].values).tolist()
+    if x is None or axes is None:
+        return
+    factor = 1.0
+    for k in {int(a) % len(x) for a in axes}:
+        if x[k] is not None:
+            factor *= rctx.size(x[k]) / len(x[k])
+    if factor == 1.0:
+        return
+    output = node.outputs[0]
+    mean = gs.Variable(rctx.new_name(output.name), dtype=output.dtype, shape=output.shape)
+    scale = gs.Constant(rctx.new_name(f"{node.name}_kept_share"), np.array(factor, dtype=output.dtype or np.float32))
+    node.outputs[0] = mean
+    rctx.state.graph.nodes.append(gs.Node("Mul", rctx.new_name(node.name), {}, [mean, scale], [output]))
 
 
 def _reduced_axes(ctx: NodeContext, x: AxisLabels | None) -> set[int] | None:
