@@ -63,3 +63,15 @@ def test_a_sum_over_channels_is_exact_only_where_removed_channels_are_zero(kind,
         assert any("not 0" in reason for reason in group.inexact_reasons)
     summary = check_oracle(model, ratio=0.5, seed=1)  # every exact group: pruned equals zeroed
     assert summary.groups_checked == int(EXACT[kind])
+
+
+def test_a_one_operand_einsum_passes_zeros_through():
+    """Einsum with one operand (a transpose): its channels stay 0, so the sum is exact."""
+    g = GraphBuilder(seed=5)
+    t = g.op("Einsum", [g.op("Relu", [g.conv("x", 3, 8, 3)])], equation="nchw->nhwc")
+    total = g.op("ReduceSum", [t, g.ints("axes", [3])], keepdims=1)
+    y = g.op("Einsum", [g.op("Div", [t, g.op("Add", [g.op("Abs", [total]), g.constant("one", np.array(1.0, np.float32))])]),
+                        g.param("w", [8, 4])], equation="nhwc,cd->nhwd")
+    model = g.build([tensor_info("x", [1, 3, 6, 6])], [tensor_info(y, [1, 6, 6, 4])])
+    assert [g.exact for g in spa.inspect(model).groups if g.prunable] == [True]
+    assert check_oracle(model, ratio=0.5, seed=1).groups_checked == 1

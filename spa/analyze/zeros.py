@@ -22,8 +22,7 @@ NOT_ZERO_AT_ZERO = {"Sigmoid": "0.5", "HardSigmoid": "not 0", "Exp": "1", "Cos":
                     "Acos": "pi/2", "Acosh": "nan", "Softplus": "log 2", "Not": "true", "Log": "-inf",
                     "Reciprocal": "inf", "Softmax": "1/n", "LogSoftmax": "-log n", "Hardmax": "not 0"}
 # ops whose outputs are new channels made from zeroed rows, or scaled by zeroed parameters
-ZEROED_OUTPUTS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization",
-                  "InstanceNormalization", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+ZEROED_OUTPUTS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization", "InstanceNormalization"}
 ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where", "PRelu")  # 0 only if every operand is
 
 
@@ -39,7 +38,8 @@ def offset_reason(ctx: NodeContext) -> str | None:
     if op == "Clip":
         return _clip(ctx) or inherited
     if op in ZEROED_OUTPUTS:  # new channels from zeroed rows; other channel axes pass through
-        weighted = op in ("BatchNormalization", "InstanceNormalization") or isinstance(node.inputs[1], gs.Constant)
+        weighted = op in ("BatchNormalization", "InstanceNormalization") or any(
+            isinstance(t, gs.Constant) for t in node.inputs[:2])
         return None if weighted and sum(labels is not None for labels in out) <= 1 else inherited
     if op == "Mul":  # a factor that is 0 at the removed channels makes the product 0
         if any(not state.offset.get(t.name) and not _broadcast(state, t, out) for t in operands):
