@@ -105,7 +105,10 @@ def check(model: onnx.ModelProto, ratio: float = 0.4, seed: int = 0, feeds: dict
     model = api.prepared_model(model)  # as spa sees it: the initializers `inspect` names
     groups = {g["id"]: g for g in api.inspect(model).to_json()["groups"]}
     rng = np.random.default_rng(seed)
-    chosen = {gid: choose_channels(g, ratio, rng) for gid, g in groups.items() if g["prunable"] and g["exact"]}
+    # targeting hidden prunes its inexact groups too: exact hidden ones are checked where there are none
+    inexact_hidden = any(g["kind"] == "hidden" and g["prunable"] and not g["exact"] for g in groups.values())
+    chosen = {gid: choose_channels(g, ratio, rng) for gid, g in groups.items()
+              if g["prunable"] and g["exact"] and not (inexact_hidden and g["kind"] == "hidden")}
     zeroed = copy.deepcopy(model)
     for gid, channels in chosen.items():
         zero_in_place(zeroed, groups[gid], channels)

@@ -112,7 +112,7 @@ def _two_conv_groups() -> list[dict]:
         {"initializer": "conv_w0", "axis": 0, "index": rows},
         {"initializer": "conv_b0", "axis": 0, "index": rows},
         {"initializer": "conv_w1", "axis": 1, "index": rows}]}
-    output = {"id": 1, "size": 4, "prunable": False, "reason": "graph output", "exact": True,
+    output = {"id": 1, "size": 4, "prunable": False, "reason": "graph output", "exact": True, "kind": "channels",
               "members": [{"initializer": "conv_w1", "axis": 0, "index": [[i] for i in range(4)]}]}
     return [hidden, output]
 
