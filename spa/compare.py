@@ -18,6 +18,7 @@ from spa.io.inputs import InputSpec, input_specs
 from spa.io.load import load_model
 from spa.io.runtime import session
 from spa.tables import Column, render, right
+from spa.verify import first_calibration_run
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 DEFAULT_ATOL = 1e-5  # polygraphy's defaults
@@ -134,6 +135,8 @@ def compare(model_a: ModelLike, model_b: ModelLike, calib: str | Path | None = N
         raise SpaError(f"the models give different outputs: A gives {', '.join(names)}; B gives {', '.join(names_b)}")
     data = _inputs(loaded[0].model, calib, samples, seed)
     runners = [_session(m.path if m.path is not None else m.model, label) for m, label in zip(loaded, labels)]
+    if data.resized is not None:  # synthetic samples of a guessed size: at one that A runs
+        data = first_calibration_run(data, lambda feed: _run(runners[0], names, feed, labels[0]))[2]
     stats = [OutputStats(name) for name in names]
     for feed in data.batches(BATCH):
         outputs_a, outputs_b = (_run(r, names, feed, label) for r, label in zip(runners, labels))

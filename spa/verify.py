@@ -83,7 +83,7 @@ def _first_run(original: Loaded, calibration: Calibration | None, seed: int,
                runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray], Calibration | None]:
     """The first feeds `runner` runs the model on, its outputs, and the calibration they came from."""
     if calibration is not None and calibration.samples:
-        return _first_calibration_run(calibration, runner)
+        return first_calibration_run(calibration, runner)
     maker = InputMaker(original.model)
     failure: SpaError | None = None
     tried = set()
@@ -103,7 +103,7 @@ def _first_run(original: Loaded, calibration: Calibration | None, seed: int,
     raise failure
 
 
-def _first_calibration_run(calibration: Calibration,
+def first_calibration_run(calibration: Calibration,
                            runner: Runner) -> tuple[dict[str, np.ndarray], list[np.ndarray], Calibration]:
     """The first calibration batch, the model's outputs on it, and the calibration. Synthetic
     calibration whose guessed size the model rejects (strides and skip connections that need

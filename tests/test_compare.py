@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 import spa
 from spa.cli import EXIT_DIFFER, main
-from spa.compare import is_classifier_like
+from spa.compare import compare, is_classifier_like
 
 RESNET = MODELS / "resnet_basic.onnx"
 
@@ -119,3 +119,10 @@ def test_bad_input_is_one_line(args, code, said, capsys):
     assert main(["compare", *(str(RESNET) if a == "RESNET" else a for a in args)]) == code
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err.count("\n") == 1 and printed.err.startswith(said)
+
+
+def test_synthetic_samples_at_an_image_size_the_model_takes():
+    """A model that rejects the first synthetic size (16) is compared at one it runs."""
+    path = MODELS / "regression" / "open_size_skip.onnx"
+    result = compare(str(path), str(path))
+    assert result["passed"] and result["outputs"][0]["shape"][2:] == [64, 64]
