@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.errors import SpaError, first_line
+from spa.errors import SpaError
 from spa.io.inputs import make_inputs
 from spa.io.load import load_model
 from spa.latency import LatencyModel, profile
 from spa.metrics import summarize
 from spa.tables import Column, render, right
-from spa.io.runtime import session
+from spa.io.runtime import ort_message, session
 
 ModelLike = onnx.ModelProto | str | os.PathLike
 
@@ -33,7 +33,7 @@ def _session(source: onnx.ModelProto | Path, threads: int, label: str) -> ort.In
     try:
         return session(source, threads=threads, optimize="all", spinning=False)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-        raise SpaError(f"{label} cannot be loaded by onnxruntime: {first_line(error)}") from None
+        raise SpaError(f"{label} cannot be loaded by onnxruntime: {ort_message(error)}") from None
 
 
 def _same_inputs(session_a: ort.InferenceSession, session_b: ort.InferenceSession) -> None:
@@ -95,7 +95,7 @@ def bench(
         try:
             run_session.run(None, feed)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-            raise SpaError(f"the {label} model fails in onnxruntime on a synthetic input: {first_line(error)}") from None
+            raise SpaError(f"the {label} model fails in onnxruntime on a synthetic input: {ort_message(error)}") from None
 
     for _ in range(warmup):
         session_a.run(None, feed_a)

@@ -13,10 +13,10 @@ import onnx
 import onnxruntime as ort
 
 from spa.calibrate.sources import Calibration, load_calibration, synthetic_calibration
-from spa.errors import SpaError, first_line
+from spa.errors import SpaError
 from spa.io.inputs import InputSpec, input_specs
 from spa.io.load import load_model
-from spa.io.runtime import session
+from spa.io.runtime import ort_message, session
 from spa.tables import Column, render, right
 from spa.verify import first_calibration_run
 
@@ -106,14 +106,14 @@ def _session(source, label: str) -> ort.InferenceSession:
     try:
         return session(source)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-        raise SpaError(f"{label} cannot be loaded by onnxruntime: {first_line(error)}") from None
+        raise SpaError(f"{label} cannot be loaded by onnxruntime: {ort_message(error)}") from None
 
 
 def _run(runner: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray], label: str) -> list[np.ndarray]:
     try:
         return runner.run(names, feed)
     except Exception as error:  # noqa: BLE001
-        raise SpaError(f"{label} failed in onnxruntime: {first_line(error)}") from None
+        raise SpaError(f"{label} failed in onnxruntime: {ort_message(error)}") from None
 
 
 def _inputs(model: onnx.ModelProto, calib: str | Path | None, samples: int | None, seed: int) -> Calibration:

@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.errors import SpaError, first_line
-from spa.io.runtime import ModelSource, session
+from spa.errors import SpaError
+from spa.io.runtime import ModelSource, ort_message, session
 from spa.metrics import Shape, node_macs, tensor_shapes
 
 # Conv per MAC off the NCHWc path, against on it (tools/bench_widths.py: a width one short of
@@ -97,7 +97,7 @@ def profile(model: onnx.ModelProto, source: ModelSource, feeds: dict[str, np.nda
             del profiled
             wall_ms = _median_run_ms(session(source, threads=threads, optimize="all", spinning=False), feeds, runs)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-            raise SpaError(f"onnxruntime cannot profile the model: {first_line(error)}") from None
+            raise SpaError(f"onnxruntime cannot profile the model: {ort_message(error)}") from None
     return _profile_of(model, events, threads).fitted_to(wall_ms)
 
 
@@ -300,5 +300,5 @@ def measured_ratio(original: ModelSource, pruned: ModelSource, feeds: dict[str, 
                 runner.run(None, feed)
                 times[index].append(time.perf_counter() - start)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-        raise SpaError(f"onnxruntime cannot time the models: {first_line(error)}") from None
+        raise SpaError(f"onnxruntime cannot time the models: {ort_message(error)}") from None
     return float(np.median(times[1]) / np.median(times[0]))

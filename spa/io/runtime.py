@@ -54,7 +54,7 @@ def run(model: ModelSource, feeds: dict[str, np.ndarray], what: str = "model") -
     try:
         return session(model).run(None, feeds)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-        raise SpaError(f"{what} fails in onnxruntime: {_short(error)}") from None
+        raise SpaError(f"{what} fails in onnxruntime: {ort_message(error)}") from None
 
 
 class WeightedSession:
@@ -90,10 +90,10 @@ class WeightedSession:
         try:
             return self.session.run(None, {**feeds, **(weights or {})})
         except Exception as error:  # noqa: BLE001 - onnxruntime raises many types
-            raise SpaError(f"{what} fails in onnxruntime: {_short(error)}") from None
+            raise SpaError(f"{what} fails in onnxruntime: {ort_message(error)}") from None
 
 
-def _short(error: BaseException) -> str:
+def ort_message(error: BaseException) -> str:
     """onnxruntime's message without its '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
     text = first_line(error)
     while text.startswith("[ONNXRuntimeError]") and " : " in text:
