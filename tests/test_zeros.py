@@ -28,11 +28,16 @@ def _chain(g: GraphBuilder, x: str, kind: str) -> str:
         return g.op("Clip", [x, g.constant("low", np.array(0.1, np.float32)), g.constant("high", np.array(6.0, np.float32))])
     if kind == "clip_relu6":
         return g.op("Clip", [x, g.constant("low", np.array(0.0, np.float32)), g.constant("high", np.array(6.0, np.float32))])
+    if kind == "prelu_scalar_slope":  # PRelu(0) = 0 whatever the slope
+        return g.op("PRelu", [x, g.constant("slope", np.array(0.1, np.float32))])
+    if kind == "max_with_positive":
+        return g.op("Max", [x, g.constant("floor", np.array(0.1, np.float32))])
     raise AssertionError(kind)
 
 
 EXACT = {"relu": True, "sigmoid": False, "exp": False, "add_scalar": False, "add_channel_bias": True,
-         "sigmoid_gate": True, "clip_above_zero": False, "clip_relu6": True}
+         "sigmoid_gate": True, "clip_above_zero": False, "clip_relu6": True, "prelu_scalar_slope": True,
+         "max_with_positive": False}
 
 
 def _summed_model(kind: str, contraction: str):

@@ -4,8 +4,9 @@ The exactness oracle zeroes every member slice of the removed channels: a produc
 and bias, per-channel parameters, a consumer's columns. A removed channel is then 0 from
 its producer on, until an op maps 0 to something else (Sigmoid, Exp, adding a constant that
 is not sliced with the channels). Passing through, that is harmless: the consumer's zeroed
-columns ignore it. A sum over the channel axis (ReduceSum, a MatMul contracting two
-activations) counts it, so those are exact only where the removed channels are still 0.
+columns ignore it. A sum or mean over the channel axis (ReduceSum, ReduceMean, a MatMul
+contracting two activations) counts it, so those are exact only where the removed channels
+are still 0.
 
 `offset_reason` says, per node output, why the removed channels may not be 0 there (None:
 they are 0); `analyze` records it in `AnalysisState.offset` as the rules run in graph order.
@@ -23,7 +24,7 @@ NOT_ZERO_AT_ZERO = {"Sigmoid": "0.5", "HardSigmoid": "not 0", "Exp": "1", "Cos":
                     "Reciprocal": "inf", "Softmax": "1/n", "LogSoftmax": "-log n", "Hardmax": "not 0"}
 # ops whose outputs are new channels made from zeroed rows, or scaled by zeroed parameters
 ZEROED_OUTPUTS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization", "InstanceNormalization"}
-ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where", "PRelu")  # 0 only if every operand is
+ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where")  # 0 only if every operand is (Where: both values)
 
 
 def offset_reason(ctx: NodeContext) -> str | None:
@@ -48,7 +49,7 @@ def offset_reason(ctx: NodeContext) -> str | None:
     if op in ("Div", "Mod"):
         return offsets[0] if operands and not isinstance(operands[0], gs.Constant) else f"{ctx.where()} divides a constant"
     if op in ADDING:
-        return inherited or _first_broadcast(ctx, operands, out)
+        return inherited or _first_broadcast(ctx, operands[1:] if op == "Where" else operands, out)
     return inherited
 
 
