@@ -32,12 +32,16 @@ def _chain(g: GraphBuilder, x: str, kind: str) -> str:
         return g.op("PRelu", [x, g.constant("slope", np.array(0.1, np.float32))])
     if kind == "max_with_positive":
         return g.op("Max", [x, g.constant("floor", np.array(0.1, np.float32))])
+    if kind == "greater_than_negative":  # true, so 1, where the channel is 0
+        return g.op("Cast", [g.op("Greater", [x, g.constant("low", np.array(-0.5, np.float32))])], to=1)
+    if kind == "equal_to_bias":  # 0 == 0 where both are zeroed: true
+        return g.op("Cast", [g.op("Equal", [x, g.param("bias", [1, 8, 1, 1])])], to=1)
     raise AssertionError(kind)
 
 
 EXACT = {"relu": True, "sigmoid": False, "exp": False, "add_scalar": False, "add_channel_bias": True,
          "sigmoid_gate": True, "clip_above_zero": False, "clip_relu6": True, "prelu_scalar_slope": True,
-         "max_with_positive": False}
+         "max_with_positive": False, "greater_than_negative": False, "equal_to_bias": False}
 
 
 def _summed_model(kind: str, contraction: str):

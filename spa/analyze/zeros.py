@@ -21,10 +21,12 @@ from spa.analyze.context import AnalysisState, NodeContext
 # ops whose value at 0 is not 0
 NOT_ZERO_AT_ZERO = {"Sigmoid": "0.5", "HardSigmoid": "not 0", "Exp": "1", "Cos": "1", "Cosh": "1",
                     "Acos": "pi/2", "Acosh": "nan", "Softplus": "log 2", "Not": "true", "Log": "-inf",
-                    "Reciprocal": "inf", "Softmax": "1/n", "LogSoftmax": "-log n", "Hardmax": "not 0"}
+                    "Reciprocal": "inf", "Softmax": "1/n", "LogSoftmax": "-log n", "Hardmax": "not 0",
+                    "Equal": "true", "LessOrEqual": "true", "GreaterOrEqual": "true"}
 # ops whose outputs are new channels made from zeroed rows, or scaled by zeroed parameters
 ZEROED_OUTPUTS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "BatchNormalization", "InstanceNormalization"}
-ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where")  # 0 only if every operand is (Where: both values)
+ADDING = ("Add", "Sub", "Sum", "Max", "Min", "Mean", "Where",  # 0 only if every operand is (Where: both values)
+          "Less", "Greater", "Or", "Xor")
 
 
 def offset_reason(ctx: NodeContext) -> str | None:
