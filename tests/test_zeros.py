@@ -36,12 +36,15 @@ def _chain(g: GraphBuilder, x: str, kind: str) -> str:
         return g.op("Cast", [g.op("Greater", [x, g.constant("low", np.array(-0.5, np.float32))])], to=1)
     if kind == "equal_to_bias":  # 0 == 0 where both are zeroed: true
         return g.op("Cast", [g.op("Equal", [x, g.param("bias", [1, 8, 1, 1])])], to=1)
+    if kind == "pad_with_one":  # shifted by one: the new border is 1 in every channel, removed or not
+        return g.op("Pad", [x, g.ints("pads", [0, 0, 1, 1, 0, 0, -1, -1]), g.constant("one", np.array(1.0, np.float32))])
     raise AssertionError(kind)
 
 
 EXACT = {"relu": True, "sigmoid": False, "exp": False, "add_scalar": False, "add_channel_bias": True,
          "sigmoid_gate": True, "clip_above_zero": False, "clip_relu6": True, "prelu_scalar_slope": True,
-         "max_with_positive": False, "greater_than_negative": False, "equal_to_bias": False}
+         "max_with_positive": False, "greater_than_negative": False, "equal_to_bias": False,
+         "pad_with_one": False}
 
 
 def _summed_model(kind: str, contraction: str):

@@ -40,6 +40,11 @@ def offset_reason(ctx: NodeContext) -> str | None:
         return f"{ctx.where()} is {NOT_ZERO_AT_ZERO[op]} at 0"
     if op == "Clip":
         return _clip(ctx) or inherited
+    if op == "Pad":  # the border takes the constant, removed channels too
+        value = _constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        nonzero = value is not None and np.any(value) or node.attrs.get("value", 0.0) != 0
+        padded = node.attrs.get("mode", "constant") in ("constant", b"constant") and nonzero
+        return f"{ctx.where()} pads with a constant that is not 0" if padded else inherited
     if op in ZEROED_OUTPUTS:  # new channels from zeroed rows; other channel axes pass through
         weighted = op in ("BatchNormalization", "InstanceNormalization") or any(
             isinstance(t, gs.Constant) for t in node.inputs[:2])
