@@ -45,8 +45,9 @@ def reduce(ctx: NodeContext) -> None:
 
 @rewrite_hook("ReduceMean")
 def keep_the_mean_over_all_channels(rctx: RewriteContext, node: gs.Node) -> None:
-    """A mean over channels whose removed ones are 0 (the rule made it inexact otherwise) is
-    their sum over the original count: the kept ones' mean times kept / original count."""
+    """A mean over channels whose removed ones are 0 is their sum over the original count:
+    the kept ones' mean times kept / original count. Where they are not 0 (an inexact group,
+    pruned on request) the same divisor is what the calibration passes saw on the zeroed graph."""
     x = rctx.state.axes.get(node.inputs[0].name)
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
