@@ -41,7 +41,7 @@ def offset_reason(ctx: NodeContext) -> str | None:
     if op == "Clip":
         return _clip(ctx) or inherited
     if op == "Pad":  # the border takes the constant, removed channels too
-        value = _constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+        value = ctx.const(2)
         nonzero = value is not None and np.any(value) or node.attrs.get("value", 0.0) != 0
         padded = node.attrs.get("mode", "constant") in ("constant", b"constant") and nonzero
         return f"{ctx.where()} pads with a constant that is not 0" if padded else inherited
@@ -76,25 +76,15 @@ def _broadcast(state: AnalysisState, tensor: gs.Tensor, out: list) -> bool:
 def _first_broadcast(ctx: NodeContext, operands: list[gs.Tensor], out: list) -> str | None:
     """An operand broadcast along a channel axis adds (or multiplies in) the same value at the
     removed channels; a constant only if it is not 0."""
-    for tensor in operands:
-        if isinstance(tensor, gs.Constant) and not np.any(_constant(tensor)):
-            continue
-        if _broadcast(ctx.state, tensor, out):
+    for tensor in operands:  # (a constant's values are read only where it broadcasts: they may be large)
+        if _broadcast(ctx.state, tensor, out) and not (isinstance(tensor, gs.Constant) and not np.any(tensor.values)):
             return f"{ctx.where()} brings '{tensor.name}' to every channel"
     return None
 
 
 def _clip(ctx: NodeContext) -> str | None:
-    node = ctx.node
-    bounds = [_constant(t) for t in node.inputs[1:3]]
-    low = bounds[0] if bounds and bounds[0] is not None else node.attrs.get("min")
-    high = bounds[1] if len(bounds) > 1 and bounds[1] is not None else node.attrs.get("max")
+    low = ctx.const(1) if ctx.has_input(1) else ctx.attr("min")
+    high = ctx.const(2) if ctx.has_input(2) else ctx.attr("max")
     if (low is not None and np.any(np.asarray(low) > 0)) or (high is not None and np.any(np.asarray(high) < 0)):
         return f"{ctx.where()} moves 0 to its bounds"
     return None
-
-
-def _constant(tensor: gs.Tensor) -> np.ndarray | None:
-    if not isinstance(tensor, gs.Constant):
-        return None
-    return np.asarray(tensor.values)

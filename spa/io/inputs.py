@@ -197,16 +197,19 @@ class InputMaker:
               batch_dim: int | None = None) -> list[int]:
         """Declared dims, the ones the graph implies, then `dim_values` by symbol; `batch_dim`
         for an open first axis and `default_dim` for other open axes."""
-        dims = [self.implied.get((spec.name, k), dim) for k, dim in enumerate(spec.shape)]
+        dims = self.dims(spec)
         if batch_dim is not None and dims and not isinstance(dims[0], int) and (dims[0] not in (dim_values or {})):
             dims[0] = batch_dim
         return concrete_shape(dims, dim_values, default_dim)
 
+    def dims(self, spec: InputSpec) -> list:
+        """The input's declared dims, with the sizes the graph implies for open ones."""
+        return [self.implied.get((spec.name, k), dim) for k, dim in enumerate(spec.shape)]
+
     def has_open_sizes(self) -> bool:
         """Does some input have an open axis past the batch axis that the graph does not fix
         (an image's H or W, a sequence length)? Synthetic inputs then guess its size."""
-        return any(not isinstance(self.implied.get((spec.name, k), dim), int)
-                   for spec in self.specs for k, dim in enumerate(spec.shape) if k > 0)
+        return any(not isinstance(dim, int) for spec in self.specs for dim in self.dims(spec)[1:])
 
     def values(self, spec: InputSpec, shape: list[int], rng: np.random.Generator) -> np.ndarray:
         kind = spec.dtype.kind
